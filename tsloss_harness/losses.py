@@ -1,0 +1,212 @@
+"""Regularizers of the soft prompt matrix: TSLoss (paper section IV) and its baselines.
+
+Every regularizer takes the prompt matrix ``points`` of shape [P, d] (one row per virtual token)
+and the same keyword hyper-parameters (each uses the ones it needs and ignores the rest), and returns
+a scalar tensor. The caller applies the overall weight λ_ts: ``loss = ce + lambda_ts * reg(points)``.
+
+Conventions where the paper is vague or wrong (see README, "Deviations from the paper"):
+- Only pairs i != j enter anything. The paper's Eq. 1 sums j over all points, so the self term
+  D_ii = 0 dominates the soft-min and s_i ≈ -τ·log(1 + …) says nothing about the neighbours.
+- δ and ζ (Eq. 4-5) are softmax-weighted means over all ordered pairs i != j.
+- L_H1 (Eq. 3) is a mean over the P(P-1) ordered pairs i != j (the paper writes 1/n² over all i, j).
+
+Cost: distances come from the Gram matrix of the centred points (one [P, d] x [d, P] product), so
+nothing of size P x P x d is ever built; forward and backward are two small matrix products.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "REGULARIZERS",
+    "TSLoss",
+    "TSLossConfig",
+    "get_regularizer",
+    "h0",
+    "h1",
+    "l2",
+    "none",
+    "pairwise_distances",
+    "pdloss",
+    "ts_loss",
+]
+
+
+def _compute_dtype(points: torch.Tensor) -> torch.dtype:
+    # bf16/fp16 prompts are regularized in fp32; fp64 stays fp64 (gradcheck).
+    return torch.float64 if points.dtype == torch.float64 else torch.float32
+
+
+def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance matrix [P, P] of the rows of ``points``, differentiable, in fp32 or fp64.
+
+    Exact: no epsilon inside the square root. The points are centred first (distances are
+    translation invariant) so the Gram-matrix formula loses little to cancellation. Where two rows
+    coincide the distance is 0 and its gradient is 0 (the subgradient), never NaN/inf.
+    """
+    if points.dim() != 2:
+        raise ValueError(f"expected a prompt matrix of shape [P, d], got shape {tuple(points.shape)}")
+    x = points.to(_compute_dtype(points))
+    x = x - x.mean(dim=0, keepdim=True)
+    sq_norms = (x * x).sum(dim=1)
+    sq = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+    sq = sq.masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0)  # D_ii = 0 exactly
+    positive = sq > 0
+    # sqrt only where it is differentiable; zero elsewhere (both values and gradients).
+    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+
+
+def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
+    return ~torch.eye(n, dtype=torch.bool, device=device)
+
+
+def _zero(points: torch.Tensor) -> torch.Tensor:
+    # A zero that stays on the autograd graph, so callers can always call .backward().
+    return points.to(_compute_dtype(points)).sum() * 0.0
+
+
+def _h0_term(dist: torch.Tensor, off_diag: torch.Tensor, tau: float) -> torch.Tensor:
+    """L_H0 (Eq. 1-2): variance over points of the soft nearest-neighbour distance s_i."""
+    neg_inf = torch.finfo(dist.dtype).min
+    logits = torch.where(off_diag, -dist / tau, torch.full_like(dist, neg_inf))
+    soft_nn = -tau * torch.logsumexp(logits, dim=1)
+    return ((soft_nn - soft_nn.mean()) ** 2).mean()
+
+
+def _h1_term(
+    dist: torch.Tensor,
+    off_diag: torch.Tensor,
+    alpha: float,
+    lambda_repel: float,
+    lambda_attract: float,
+    detach_thresholds: bool,
+) -> torch.Tensor:
+    """L_H1 (Eq. 3-5): squared hinge below the soft low quantile δ and above the soft high quantile ζ."""
+    pair_d = dist[off_diag]  # the P(P-1) ordered pairs i != j
+    # softmax over all pairs; torch.softmax subtracts the max, so α·D up to ~1e38 cannot overflow
+    delta = (torch.softmax(-alpha * pair_d, dim=0) * pair_d).sum()
+    zeta = (torch.softmax(alpha * pair_d, dim=0) * pair_d).sum()
+    if detach_thresholds:
+        delta, zeta = delta.detach(), zeta.detach()
+    repel = torch.relu(delta - pair_d) ** 2
+    attract = torch.relu(pair_d - zeta) ** 2
+    return (lambda_repel * repel + lambda_attract * attract).mean()
+
+
+def ts_loss(
+    points: torch.Tensor,
+    *,
+    tau: float = 0.1,
+    alpha: float = 10.0,
+    beta_h0: float = 1.0,
+    beta_h1: float = 1.0,
+    lambda_repel: float = 1.0,
+    lambda_attract: float = 1.0,
+    detach_thresholds: bool = False,
+    **_unused: object,
+) -> torch.Tensor:
+    """TSLoss without λ_ts: ``beta_h0 * L_H0 + beta_h1 * L_H1`` (paper Eq. 1-6, diagonal excluded).
+
+    ``points``: [P, d] prompt matrix (any float dtype; computed in fp32, or fp64 for fp64 input).
+    Returns a 0-dim tensor in the compute dtype; gradients flow through δ and ζ unless
+    ``detach_thresholds``. A prompt of fewer than two rows has no pairs and gives 0.
+    """
+    n = points.shape[0]
+    if n < 2:
+        return _zero(points)
+    dist = pairwise_distances(points)
+    off_diag = _off_diagonal(n, dist.device)
+    total = _zero(points)
+    if beta_h0:
+        total = total + beta_h0 * _h0_term(dist, off_diag, tau)
+    if beta_h1:
+        total = total + beta_h1 * _h1_term(dist, off_diag, alpha, lambda_repel, lambda_attract, detach_thresholds)
+    return total
+
+
+def h0(points: torch.Tensor, *, beta_h0: float = 1.0, **kwargs: object) -> torch.Tensor:
+    """The H0 half of TSLoss alone (β_H1 = 0): the ablation "CE + H0 only"."""
+    kwargs.pop("beta_h1", None)
+    return ts_loss(points, beta_h0=beta_h0, beta_h1=0.0, **kwargs)
+
+
+def h1(points: torch.Tensor, *, beta_h1: float = 1.0, **kwargs: object) -> torch.Tensor:
+    """The H1 half of TSLoss alone (β_H0 = 0): the ablation "CE + H1 only"."""
+    kwargs.pop("beta_h0", None)
+    return ts_loss(points, beta_h0=0.0, beta_h1=beta_h1, **kwargs)
+
+
+def l2(points: torch.Tensor, **_unused: object) -> torch.Tensor:
+    """The paper's L2-Reg: mean over prompt rows of the squared row norm."""
+    x = points.to(_compute_dtype(points))
+    return (x * x).sum(dim=1).mean()
+
+
+def pdloss(points: torch.Tensor, **_unused: object) -> torch.Tensor:
+    """The paper's "pairwise distance loss" (undefined there): mean Euclidean distance over pairs i != j."""
+    n = points.shape[0]
+    if n < 2:
+        return _zero(points)
+    dist = pairwise_distances(points)
+    return dist[_off_diagonal(n, dist.device)].mean()
+
+
+def none(points: torch.Tensor, **_unused: object) -> torch.Tensor:
+    """No regularizer (plain cross-entropy prompt tuning); a graph-connected zero."""
+    return _zero(points)
+
+
+Regularizer = Callable[..., torch.Tensor]
+
+REGULARIZERS: dict[str, Regularizer] = {
+    "tsloss": ts_loss,
+    "h0": h0,
+    "h1": h1,
+    "l2": l2,
+    "pdloss": pdloss,
+    "none": none,
+}
+
+
+def get_regularizer(name: str) -> Regularizer:
+    """The regularizer registered under ``name`` (the tuner's ``--regularizer``)."""
+    try:
+        return REGULARIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown regularizer {name!r}; choose one of: {', '.join(REGULARIZERS)}") from None
+
+
+@dataclass
+class TSLossConfig:
+    """Hyper-parameters of TSLoss; defaults are the tuner's (Table V's best α = 10)."""
+
+    tau: float = 0.1
+    alpha: float = 10.0
+    beta_h0: float = 1.0
+    beta_h1: float = 1.0
+    lambda_repel: float = 1.0
+    lambda_attract: float = 1.0
+    detach_thresholds: bool = False
+
+
+class TSLoss(nn.Module):
+    """``nn.Module`` form of :func:`ts_loss` holding its hyper-parameters (λ_ts excluded)."""
+
+    def __init__(self, config: TSLossConfig | None = None, **overrides: float | bool) -> None:
+        super().__init__()
+        base = asdict(config or TSLossConfig())
+        unknown = set(overrides) - set(base)
+        if unknown:
+            raise TypeError(f"unknown TSLoss hyper-parameter(s): {', '.join(sorted(unknown))}")
+        self.config = TSLossConfig(**{**base, **overrides})
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return ts_loss(points, **asdict(self.config))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
