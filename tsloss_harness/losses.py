@@ -42,6 +42,32 @@ def _compute_dtype(points: torch.Tensor) -> torch.dtype:
     return torch.float64 if points.dtype == torch.float64 else torch.float32
 
 
+class _PairwiseDistances(torch.autograd.Function):
+    """D_ij = ||x_i - x_j|| with a hand-written backward: one [P, P] x [P, d] product.
+
+    Autograd through the Gram formula would run two such products plus the centring's backward;
+    the gradient is Σ_j W_ij (x_i - x_j) with W = (G + Gᵀ) / D, i.e. rowsum(W) * x - W @ x.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x - x.mean(dim=0, keepdim=True)  # distances are translation invariant; centring limits cancellation
+        sq_norms = (y * y).sum(dim=1)
+        sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], y, y.T, alpha=-2.0).clamp_min_(0.0)
+        sq.fill_diagonal_(0.0)  # D_ii = 0 exactly
+        dist = sq.sqrt_()
+        ctx.save_for_backward(x, dist)
+        return dist
+
+    @staticmethod
+    def backward(ctx, grad_dist: torch.Tensor) -> torch.Tensor:
+        x, dist = ctx.saved_tensors
+        positive = dist > 0
+        # Coinciding rows (and the diagonal) get the zero subgradient instead of 0/0.
+        w = torch.where(positive, (grad_dist + grad_dist.T) / torch.where(positive, dist, 1.0), 0.0)
+        return w.sum(dim=1, keepdim=True) * x - w @ x
+
+
 def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix [P, P] of the rows of ``points``, differentiable, in fp32 or fp64.
 
@@ -51,14 +77,7 @@ def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
     """
     if points.dim() != 2:
         raise ValueError(f"expected a prompt matrix of shape [P, d], got shape {tuple(points.shape)}")
-    x = points.to(_compute_dtype(points))
-    x = x - x.mean(dim=0, keepdim=True)
-    sq_norms = (x * x).sum(dim=1)
-    sq = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
-    sq = sq.masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0)  # D_ii = 0 exactly
-    positive = sq > 0
-    # sqrt only where it is differentiable; zero elsewhere (both values and gradients).
-    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+    return _PairwiseDistances.apply(points.to(_compute_dtype(points)))
 
 
 def _off_diagonal(n: int, device: torch.device) -> torch.Tensor:
