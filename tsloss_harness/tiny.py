@@ -1,0 +1,581 @@
+"""Tiny, fully local stand-ins for the paper's models and data.
+
+No weights or data sets can be downloaded here, so tests, the demo and the testbed run on:
+
+* ``generate_gsm8k_rows``: GSM8K-format word problems with worked, annotated solutions
+  (``48/2 = <<48/2=24>>24`` ... ``#### 72``), produced by ~15 templates with exact arithmetic;
+* ``build_tokenizer``: a byte-level BPE trained on that text (round-trips any string);
+* ``build_tiny_model``: a randomly initialised Llama / Gemma / Qwen2 causal LM saved as a normal
+  Hugging Face model directory (config, safetensors weights, tokenizer).
+
+``python -m tsloss_harness.tiny llama OUT_DIR`` builds one model directory from the shell.
+Heavy libraries are imported inside the functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import operator
+import random
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+ARCHS = ("llama", "gemma", "qwen2")
+
+# Llama-style special-token layout: ids 0..3.
+SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+# "A few hundred thousand parameters" at the tokenizer's ~2000-token vocabulary.
+DEFAULT_SIZE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=2048,
+)
+
+# --------------------------------------------------------------------------------------------
+# GSM8K-format word problems
+# --------------------------------------------------------------------------------------------
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def evaluate_arithmetic(expr: str) -> Fraction:
+    """Exact value of an expression made of integers, + - * / and parentheses."""
+
+    def walk(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return Fraction(node.value)
+        raise ValueError(f"not plain integer arithmetic: {expr!r}")
+
+    return walk(ast.parse(expr, mode="eval").body)
+
+
+class _Solution:
+    """Collects the lines of a worked solution; every computation is an exact, annotated step."""
+
+    def __init__(self, rng: random.Random):
+        # One typographic style per solution, varied across rows like the real data.
+        self.spaced = rng.random() < 0.5
+        self.times = rng.choice(["*", "*", "x"])
+        self.lines: list[str] = []
+        self.result: int | None = None
+
+    def calc(self, expr: str, money: bool = False) -> tuple[str, int]:
+        value = evaluate_arithmetic(expr)
+        if value.denominator != 1 or value < 0:
+            raise ArithmeticError(f"template produced a non-natural result: {expr} = {value}")
+        value = int(value)
+        shown = expr.replace("*", f" {self.times} ") if self.times == "x" else expr
+        if self.spaced:
+            for op in "+-/*":
+                shown = shown.replace(op, f" {op} ")
+        shown = " ".join(shown.split())
+        dollar = "$" if money else ""
+        self.result = value
+        return f"{shown} = {dollar}<<{expr}={value}>>{value}", value
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def answer(self) -> str:
+        return "\n".join(self.lines + [f"#### {self.result}"])
+
+
+_NAMES = [
+    ("Natalia", "she", "her"), ("Weng", "she", "her"), ("Betty", "she", "her"), ("Julie", "she", "her"),
+    ("James", "he", "his"), ("Albert", "he", "his"), ("Mark", "he", "his"), ("Tina", "she", "her"),
+    ("Randy", "he", "his"), ("Joy", "she", "her"), ("Carlos", "he", "his"), ("Priya", "she", "her"),
+    ("Kenji", "he", "his"), ("Amara", "she", "her"), ("Lucas", "he", "his"), ("Sofia", "she", "her"),
+    ("Omar", "he", "his"), ("Mei", "she", "her"), ("Daniel", "he", "his"), ("Fatima", "she", "her"),
+    ("Ivan", "he", "his"), ("Grace", "she", "her"), ("Mateo", "he", "his"), ("Leila", "she", "her"),
+    ("Noah", "he", "his"), ("Hannah", "she", "her"), ("Ravi", "he", "his"), ("Chloe", "she", "her"),
+    ("Tom", "he", "his"), ("Nadia", "she", "her"), ("Samuel", "he", "his"), ("Yuki", "she", "her"),
+]
+_RELATIVES = ["brother", "sister", "cousin", "friend", "neighbor", "classmate"]
+_ELDERS = ["mother", "father", "aunt", "uncle", "grandmother", "grandfather"]
+_ITEMS = [  # (plural, singular) things to buy, sell, collect or share
+    ("clips", "clip"), ("pencils", "pencil"), ("apples", "apple"), ("stickers", "sticker"),
+    ("notebooks", "notebook"), ("cupcakes", "cupcake"), ("marbles", "marble"), ("oranges", "orange"),
+    ("comic books", "comic book"), ("candles", "candle"), ("toy cars", "toy car"), ("seashells", "seashell"),
+    ("baseball cards", "baseball card"), ("muffins", "muffin"), ("balloons", "balloon"), ("erasers", "eraser"),
+]
+_SHOP_ITEMS = [("shirts", "shirt"), ("books", "book"), ("hats", "hat"), ("mugs", "mug"), ("pens", "pen"),
+               ("plants", "plant"), ("scarves", "scarf"), ("puzzles", "puzzle"), ("lamps", "lamp"),
+               ("pairs of socks", "pair of socks"), ("bags of rice", "bag of rice"), ("tickets", "ticket")]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December"]
+_VEHICLES = ["car", "bike", "train", "bus", "truck", "boat"]
+_JOBS = ["babysitting", "tutoring", "walking dogs", "washing cars", "mowing lawns", "working at a cafe"]
+_PLANTS = [("tomato plants", "tomato plant"), ("rose bushes", "rose bush"), ("carrots", "carrot"),
+           ("sunflowers", "sunflower"), ("pepper plants", "pepper plant"), ("tulips", "tulip")]
+_BAKED = [("cookies", "cookie"), ("muffins", "muffin"), ("brownies", "brownie"), ("rolls", "roll")]
+_SHOWS = ["movie", "concert", "play", "documentary", "football game"]
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _t_half_as_many(rng, s, who):
+    name, pron, _ = who
+    items, _ = rng.choice(_ITEMS)
+    i = rng.randrange(11)
+    m1, m2 = _MONTHS[i], _MONTHS[i + 1]
+    n = 2 * rng.randint(6, 60)
+    q = rng.choice([
+        f"{name} sold {n} {items} in {m1}, and then {pron} sold half as many {items} in {m2}. "
+        f"How many {items} did {name} sell altogether in {m1} and {m2}?",
+        f"In {m1}, {name} collected {n} {items}. In {m2}, {pron} collected half as many. "
+        f"How many {items} did {pron} collect in the two months combined?",
+    ])
+    t, half = s.calc(f"{n}/2")
+    s.line(f"{name} got {t} {items} in {m2}.")
+    t, _ = s.calc(f"{n}+{half}")
+    s.line(f"{name} got {t} {items} altogether in {m1} and {m2}.")
+    return q
+
+
+def _t_shopping(rng, s, who):
+    name, pron, _ = who
+    (p1, s1), (p2, s2) = rng.sample(_SHOP_ITEMS, 2)
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    pa, pb = rng.randint(2, 30), rng.randint(2, 30)
+    q = rng.choice([
+        f"{name} buys {a} {p1} for ${pa} each and {b} {p2} for ${pb} each. How much does {pron} spend in total?",
+        f"At the market, a {s1} costs ${pa} and a {s2} costs ${pb}. {name} wants {a} {p1} and {b} {p2}. "
+        f"How many dollars will {pron} pay?",
+    ])
+    t, ca = s.calc(f"{a}*{pa}", money=True)
+    s.line(f"The {p1} cost {t}.")
+    t, cb = s.calc(f"{b}*{pb}", money=True)
+    s.line(f"The {p2} cost {t}.")
+    t, _ = s.calc(f"{ca}+{cb}", money=True)
+    s.line(f"{_cap(pron)} spends {t} in total.")
+    return q
+
+
+def _t_change(rng, s, who):
+    name, pron, poss = who
+    plural, single = rng.choice(_SHOP_ITEMS)
+    n, price = rng.randint(2, 8), rng.randint(3, 12)
+    bill = next(b for b in (20, 50, 100, 200) if b > n * price)
+    q = rng.choice([
+        f"{name} bought {n} {plural} that cost ${price} each. {_cap(pron)} paid with a ${bill} bill. "
+        f"How much change did {pron} get?",
+        f"Each {single} costs ${price}. If {name} buys {n} of them and hands the cashier ${bill}, "
+        f"how much money does {pron} get back?",
+    ])
+    t, cost = s.calc(f"{n}*{price}", money=True)
+    s.line(f"The {plural} cost {t}.")
+    t, _ = s.calc(f"{bill}-{cost}", money=True)
+    s.line(f"{name}'s change is {t}.")
+    return q
+
+
+def _t_sharing(rng, s, who):
+    name, pron, poss = who
+    items, _ = rng.choice(_ITEMS)
+    friends, each, kept = rng.randint(2, 9), rng.randint(2, 15), rng.randint(1, 20)
+    total = friends * each + kept
+    q = rng.choice([
+        f"{name} has {total} {items}. {_cap(pron)} keeps {kept} for {'herself' if pron == 'she' else 'himself'} "
+        f"and shares the rest equally among {friends} friends. How many {items} does each friend get?",
+        f"There are {total} {items} in a box. {name} takes out {kept} of them and splits the remaining {items} "
+        f"evenly between {friends} {rng.choice(_RELATIVES)}s. How many {items} does each one receive?",
+    ])
+    t, rest = s.calc(f"{total}-{kept}")
+    s.line(f"There are {t} {items} left to share.")
+    t, _ = s.calc(f"{rest}/{friends}")
+    s.line(f"Each friend gets {t} {items}.")
+    return q
+
+
+def _t_distance(rng, s, who):
+    name, pron, _ = who
+    vehicle = rng.choice(_VEHICLES)
+    v1, v2 = rng.randint(8, 70), rng.randint(8, 70)
+    h1, h2 = rng.randint(1, 6), rng.randint(1, 6)
+    q = rng.choice([
+        f"{name} travels by {vehicle} at {v1} miles per hour for {h1} hours, and then at {v2} miles per hour "
+        f"for {h2} hours. How many miles does {pron} travel in total?",
+        f"A {vehicle} goes {v1} miles each hour for the first {h1} hours of a trip and {v2} miles each hour "
+        f"for the next {h2} hours. How far does the {vehicle} go?",
+    ])
+    t, d1 = s.calc(f"{v1}*{h1}")
+    s.line(f"The first part of the trip is {t} miles.")
+    t, d2 = s.calc(f"{v2}*{h2}")
+    s.line(f"The second part of the trip is {t} miles.")
+    t, _ = s.calc(f"{d1}+{d2}")
+    s.line(f"The total distance is {t} miles.")
+    return q
+
+
+def _t_ages(rng, s, who):
+    name, _, poss = who
+    elder, relative = rng.choice(_ELDERS), rng.choice(_RELATIVES)
+    age, k = rng.randint(6, 18), rng.randint(2, 4)
+    d = rng.randint(1, age - 2)
+    q = rng.choice([
+        f"{name} is {age} years old. {_cap(poss)} {elder} is {k} times as old as {name}, and {poss} {relative} "
+        f"is {d} years younger than {name}. What is the sum of their three ages?",
+        f"{name}'s {relative} is {d} years younger than {name}, who is {age}. {name}'s {elder} is {k} times "
+        f"{name}'s age. How old are the three of them together?",
+    ])
+    t, older = s.calc(f"{k}*{age}")
+    s.line(f"The {elder} is {t} years old.")
+    t, younger = s.calc(f"{age}-{d}")
+    s.line(f"The {relative} is {t} years old.")
+    t, _ = s.calc(f"{age}+{older}+{younger}")
+    s.line(f"Together they are {t} years old.")
+    return q
+
+
+def _t_savings(rng, s, who):
+    name, pron, _ = who
+    per_week, weeks = rng.randint(3, 25), rng.randint(3, 12)
+    spent = rng.randint(1, per_week * weeks - 1)
+    plural, single = rng.choice(_SHOP_ITEMS)
+    q = rng.choice([
+        f"{name} saves ${per_week} every week for {weeks} weeks. Then {pron} spends ${spent} on a {single}. "
+        f"How much money does {pron} have left?",
+        f"For {weeks} weeks, {name} puts ${per_week} into a piggy bank each week. {_cap(pron)} later takes out "
+        f"${spent} to buy some {plural}. How many dollars remain in the piggy bank?",
+    ])
+    t, saved = s.calc(f"{per_week}*{weeks}", money=True)
+    s.line(f"{name} saves {t}.")
+    t, _ = s.calc(f"{saved}-{spent}", money=True)
+    s.line(f"{_cap(pron)} has {t} left.")
+    return q
+
+
+def _t_wages(rng, s, who):
+    name, pron, _ = who
+    job = rng.choice(_JOBS)
+    rate, hours, days = rng.randint(8, 30), rng.randint(2, 8), rng.randint(2, 7)
+    q = rng.choice([
+        f"{name} earns ${rate} an hour for {job}. {_cap(pron)} works {hours} hours a day for {days} days. "
+        f"How much does {pron} earn?",
+        f"{name} is paid ${rate} per hour {job}. If {pron} spends {hours} hours a day {job} for {days} days, "
+        f"how many dollars does {pron} make?",
+    ])
+    t, daily = s.calc(f"{rate}*{hours}", money=True)
+    s.line(f"{name} earns {t} each day.")
+    t, _ = s.calc(f"{daily}*{days}", money=True)
+    s.line(f"In {days} days {pron} earns {t}.")
+    return q
+
+
+def _t_baking(rng, s, who):
+    name, pron, _ = who
+    baked, _ = rng.choice(_BAKED)
+    boxes, per_box, eaten = rng.randint(2, 8), rng.randint(3, 12), rng.randint(1, 10)
+    total = boxes * per_box + eaten
+    per_tray = next(p for p in (12, 10, 9, 8, 6, 5, 4, 3, 2, 1) if total % p == 0)
+    trays = total // per_tray
+    q = rng.choice([
+        f"{name} bakes {trays} trays of {baked} with {per_tray} {baked} on each tray. {_cap(pron)} eats {eaten} "
+        f"of them and packs the rest equally into {boxes} boxes. How many {baked} go in each box?",
+        f"There are {per_tray} {baked} on each of {trays} trays. After {name}'s family eats {eaten}, the rest "
+        f"are split evenly into {boxes} bags. How many {baked} are in each bag?",
+    ])
+    t, made = s.calc(f"{trays}*{per_tray}")
+    s.line(f"{name} bakes {t} {baked}.")
+    t, left = s.calc(f"{made}-{eaten}")
+    s.line(f"After eating some, {t} {baked} are left.")
+    t, _ = s.calc(f"{left}/{boxes}")
+    s.line(f"Each box gets {t} {baked}.")
+    return q
+
+
+def _t_reading(rng, s, who):
+    name, pron, _ = who
+    per_day, days = rng.randint(5, 40), rng.randint(2, 9)
+    pages = per_day * days + rng.randint(1, 200)
+    q = rng.choice([
+        f"{name} is reading a {pages}-page book. {_cap(pron)} reads {per_day} pages a day for {days} days. "
+        f"How many pages does {pron} still have to read?",
+        f"A book has {pages} pages. If {name} reads {per_day} pages every day, how many pages are left "
+        f"after {days} days?",
+    ])
+    t, read = s.calc(f"{per_day}*{days}")
+    s.line(f"{name} reads {t} pages.")
+    t, _ = s.calc(f"{pages}-{read}")
+    s.line(f"There are {t} pages left.")
+    return q
+
+
+def _t_fraction_class(rng, s, who):
+    name, _, poss = who
+    k = rng.choice([2, 3, 4, 5])
+    students = k * rng.randint(4, 10)
+    bus = students // k
+    walkers = rng.randint(1, students - bus - 1)
+    fraction = {2: "half", 3: "one third", 4: "a quarter", 5: "one fifth"}[k]
+    q = rng.choice([
+        f"There are {students} students in {name}'s class. {_cap(fraction)} of them ride the bus to school, "
+        f"{walkers} walk, and the rest come by car. How many students come by car?",
+        f"{name}'s school club has {students} members. {_cap(fraction)} of the members play chess, {walkers} "
+        f"play cards, and the others paint. How many members paint?",
+    ])
+    t, first = s.calc(f"{students}/{k}")
+    s.line(f"{_cap(fraction)} of the group is {t} students.")
+    t, rest = s.calc(f"{students}-{first}")
+    s.line(f"That leaves {t} students.")
+    t, _ = s.calc(f"{rest}-{walkers}")
+    s.line(f"So {t} students are in the last group.")
+    return q
+
+
+def _t_garden(rng, s, who):
+    name, pron, _ = who
+    plural, _ = rng.choice(_PLANTS)
+    rows, per_row = rng.randint(2, 12), rng.randint(3, 15)
+    died = rng.randint(1, rows * per_row - 1)
+    added = rng.randint(1, 30)
+    q = rng.choice([
+        f"{name} plants {rows} rows of {plural} with {per_row} in each row. {died} of them die, and then "
+        f"{pron} plants {added} more. How many {plural} are in the garden now?",
+        f"A garden has {rows} rows with {per_row} {plural} per row. After a storm, {died} are lost. "
+        f"{name} buys {added} new ones. How many {plural} does the garden have?",
+    ])
+    t, planted = s.calc(f"{rows}*{per_row}")
+    s.line(f"There were {t} {plural} at first.")
+    t, alive = s.calc(f"{planted}-{died}")
+    s.line(f"After some died, {t} were left.")
+    t, _ = s.calc(f"{alive}+{added}")
+    s.line(f"Now there are {t} {plural}.")
+    return q
+
+
+def _t_discount(rng, s, who):
+    name, pron, _ = who
+    plural, single = rng.choice(_SHOP_ITEMS)
+    price = 20 * rng.randint(1, 10)
+    percent = rng.choice([10, 20, 25, 50])
+    n = rng.randint(2, 6)
+    q = rng.choice([
+        f"A {single} normally costs ${price}. This week it is {percent}% off. How much does {name} pay "
+        f"for {n} {plural}?",
+        f"{name} wants {n} {plural}. Each one is priced at ${price}, but the store gives a {percent}% discount. "
+        f"How much will {pron} spend?",
+    ])
+    t, off = s.calc(f"{price}*{percent}/100", money=True)
+    s.line(f"The discount is {t} per {single}.")
+    t, each = s.calc(f"{price}-{off}", money=True)
+    s.line(f"Each {single} costs {t}.")
+    t, _ = s.calc(f"{n}*{each}", money=True)
+    s.line(f"{name} pays {t}.")
+    return q
+
+
+def _t_comparison(rng, s, who):
+    name, _, _ = who
+    other, _, _ = rng.choice(_NAMES)
+    other = other if other != name else "Alex"
+    third = rng.choice(["Sam", "Jordan", "Riley", "Casey", "Morgan"])
+    items, _ = rng.choice(_ITEMS)
+    x, more = rng.randint(3, 40), rng.randint(1, 40)
+    if (x + more) % 2:
+        more += 1
+    q = rng.choice([
+        f"{name} has {x} {items}. {other} has {more} more {items} than {name}, and {third} has half as many "
+        f"as {other}. How many {items} do they have in all?",
+        f"{other} owns {more} more {items} than {name}, who owns {x}. {third} owns half as many {items} as "
+        f"{other}. What is the total number of {items}?",
+    ])
+    t, b = s.calc(f"{x}+{more}")
+    s.line(f"{other} has {t} {items}.")
+    t, c = s.calc(f"{b}/2")
+    s.line(f"{third} has {t} {items}.")
+    t, _ = s.calc(f"{x}+{b}+{c}")
+    s.line(f"In all they have {t} {items}.")
+    return q
+
+
+def _t_minutes(rng, s, who):
+    name, pron, _ = who
+    show = rng.choice(_SHOWS)
+    hours, minutes, times = rng.randint(1, 3), rng.randint(5, 55), rng.randint(2, 4)
+    q = rng.choice([
+        f"A {show} lasts {hours} hours and {minutes} minutes. {name} watches it {times} times. "
+        f"How many minutes does {pron} spend watching?",
+        f"{name} watched a {show} that was {hours} hours and {minutes} minutes long, {times} times in a row. "
+        f"How many minutes was that?",
+    ])
+    t, h_min = s.calc(f"{hours}*60")
+    s.line(f"{hours} hours is {t} minutes.")
+    t, once = s.calc(f"{h_min}+{minutes}")
+    s.line(f"The {show} is {t} minutes long.")
+    t, _ = s.calc(f"{once}*{times}")
+    s.line(f"{name} spends {t} minutes watching.")
+    return q
+
+
+_TEMPLATES: tuple[Callable, ...] = (
+    _t_half_as_many, _t_shopping, _t_change, _t_sharing, _t_distance, _t_ages, _t_savings, _t_wages,
+    _t_baking, _t_reading, _t_fraction_class, _t_garden, _t_discount, _t_comparison, _t_minutes,
+)
+
+
+def generate_gsm8k_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` GSM8K-format rows ``{"question", "answer"}``; same seed, same rows.
+
+    Templates are drawn in shuffled rounds, so even a handful of rows covers many kinds of problem.
+    """
+    if n < 0:
+        raise ValueError(f"number of rows must be >= 0, got {n}")
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    order: list[Callable] = []
+    while len(rows) < n:
+        if not order:
+            order = list(_TEMPLATES)
+            rng.shuffle(order)
+        template = order.pop()
+        solution = _Solution(rng)
+        question = template(rng, solution, rng.choice(_NAMES))
+        rows.append({"question": question, "answer": solution.answer()})
+    return rows
+
+
+def write_jsonl(rows, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer and models
+# --------------------------------------------------------------------------------------------
+
+
+# Qwen2's pre-tokenizer split (letters, single digits, punctuation runs, whitespace), as in Llama 3.
+# It must equal transformers' Qwen2Tokenizer regex: transformers 5 rebuilds that pipeline whenever a
+# qwen2 model directory is loaded, so any other split would tokenize differently there.
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
+def build_tokenizer(out_dir, *, vocab_size: int = 2000, seed: int = 0, texts=None) -> Path:
+    """Train a byte-level BPE on generated GSM8K text (or ``texts``) and save it in ``out_dir``.
+
+    Saved as a Hugging Face fast tokenizer: ``<unk> <s> </s> <pad>`` are ids 0..3, ``<s>`` is
+    prepended on encode like Llama's tokenizer (what lm-eval's HFLM expects of a causal LM), padding
+    is on the left, and decoding returns the original text byte for byte. Digits are split one per
+    token, as in Llama, Gemma and Qwen2. The vocabulary comes out smaller than ``vocab_size`` when the
+    text has fewer merges to learn (generated text: ~1100 tokens).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if texts is None:
+        texts = [f"{r['question']}\n{r['answer']}" for r in generate_gsm8k_rows(3000, seed=seed)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=2048,
+        padding_side="left",  # decoder-only batches pad on the left
+        clean_up_tokenization_spaces=False,  # would break exact round-trips (" ." -> ".")
+        **SPECIAL_TOKENS,
+    )
+    out_dir = Path(out_dir)
+    hf_tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def _config_for(arch: str, vocab_size: int, special_ids: dict, size: dict):
+    from transformers import GemmaConfig, LlamaConfig, Qwen2Config
+
+    config_cls = {"llama": LlamaConfig, "gemma": GemmaConfig, "qwen2": Qwen2Config}[arch]
+    size = {**DEFAULT_SIZE, **size}
+    # Gemma's default head_dim is 256 whatever the width; keep heads * head_dim == hidden.
+    size.setdefault("head_dim", size["hidden_size"] // size["num_attention_heads"])
+    size.setdefault("vocab_size", vocab_size)
+    if size["vocab_size"] < vocab_size:
+        raise ValueError(f"vocab_size={size['vocab_size']} is smaller than the tokenizer's {vocab_size} tokens")
+    return config_cls(**size, **special_ids, dtype="float32")
+
+
+def build_tiny_model(arch: str, out_dir, *, seed: int = 0, tokenizer_dir=None, **size_overrides) -> Path:
+    """A randomly initialised ``arch`` causal LM plus tokenizer, saved as an HF model directory.
+
+    ``size_overrides`` (hidden_size, num_hidden_layers, intermediate_size, num_attention_heads,
+    num_key_value_heads, vocab_size, ...) go straight into the architecture's config.
+    Same seed and sizes give identical weights; the global torch RNG is left untouched.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    out_dir = Path(out_dir)
+    if tokenizer_dir is None:
+        build_tokenizer(out_dir)
+        tokenizer_dir = out_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    special_ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    config = _config_for(arch, len(tokenizer), special_ids, size_overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(**special_ids)
+    model.save_pretrained(out_dir)
+    if Path(tokenizer_dir).resolve() != out_dir.resolve():
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tsloss_harness.tiny", description=build_tiny_model.__doc__)
+    parser.add_argument("arch", choices=ARCHS)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int, default=DEFAULT_SIZE["hidden_size"])
+    parser.add_argument("--num-layers", type=int, default=DEFAULT_SIZE["num_hidden_layers"])
+    args = parser.parse_args(argv)
+    path = build_tiny_model(
+        args.arch, args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
