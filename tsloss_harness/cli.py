@@ -14,6 +14,10 @@ SUBCOMMANDS = {
     "demo": ("tsloss_harness.demo", "build the testbed, tune a TSLoss prompt, print the run directory"),
     "testbed": ("tsloss_harness.testbed", "pretrain a tiny causal LM that soft prompts can steer"),
     "topology": ("tsloss_harness.topology", "persistent-homology metrics of a prompt (directory or tensor file)"),
+    "report": ("tsloss_harness.report", "HTML/Markdown report of one or more tuner runs"),
+    "leaderboard": ("tsloss_harness.leaderboard", "paper-style tables from lm-eval results and tuner runs"),
+    "sweep": ("tsloss_harness.sweep", "run the tuner over regularizers x seeds, then the leaderboard"),
+    "plan": ("tsloss_harness.plan", "which ds_configs/ file fits a model on given GPUs, with a memory estimate"),
 }
 
 
