@@ -145,7 +145,7 @@ def test_baselines():
 
 
 def test_registry_and_module():
-    assert set(REGULARIZERS) == {"tsloss", "h0", "h1", "l2", "pdloss", "none"}
+    assert set(REGULARIZERS) == {"tsloss", "h0", "h1", "l2", "pdloss", "none", "ph_exact"}
     x = torch.randn(6, 10)
     for name, fn in REGULARIZERS.items():
         assert get_regularizer(name) is fn

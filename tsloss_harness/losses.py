@@ -180,6 +180,14 @@ def none(points: torch.Tensor, **_unused: object) -> torch.Tensor:
     return _zero(points)
 
 
+def ph_exact(points: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    """Exact persistent-homology regularizer (``tsloss_harness.ph_exact``); imported on first use
+    so that importing this module loads neither ripser nor scipy."""
+    from tsloss_harness.ph_exact import ph_exact as exact
+
+    return exact(points, **kwargs)
+
+
 Regularizer = Callable[..., torch.Tensor]
 
 REGULARIZERS: dict[str, Regularizer] = {
@@ -189,6 +197,7 @@ REGULARIZERS: dict[str, Regularizer] = {
     "l2": l2,
     "pdloss": pdloss,
     "none": none,
+    "ph_exact": ph_exact,
 }
 
 

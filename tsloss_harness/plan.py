@@ -1,0 +1,362 @@
+"""``tsloss plan``: which ``ds_configs/`` file fits a frozen model plus a trainable soft prompt on
+given GPUs, with the per-GPU memory estimate behind the choice.
+
+    tsloss plan --model llama2-13b --gpus 8 --gpu-mem 24
+    tsloss plan --model path/to/hf_model_dir --gpus 2 --gpu-mem 80 --seq-len 1024 --batch-size 16
+    tsloss plan --model 7b --gpus 1 --gpu-mem 24 --json
+
+The estimate, per GPU, for one micro-batch of B = batch_size / gpus rows of T = num_virtual_tokens +
+seq_len tokens (s = bytes per element of --dtype; L layers, hidden h, heads a of size hd, kv heads k,
+intermediate f, vocab V, N = B·answer_tokens answer positions):
+
+- weights, by ZeRO stage (read from each JSON file): stage <= 2: all N_params·s on every GPU;
+  stage 3: N_params·s / gpus, plus the parameters gathered while a module runs (the largest module,
+  usually the embedding V·h, plus DeepSpeed's prefetch bucket stage3_prefetch_bucket_size, 5e7 by
+  default); stage 3 with offload_param to the CPU: only the gathered ones (the rest lives in host RAM).
+- activations kept for backward. The prompt is trainable at the INPUT, so the gradient must travel
+  back through every layer and each layer keeps what its input-gradient needs, although no weight
+  gets a gradient (PyTorch then saves no linear-layer inputs). Per token and layer (HF Llama / Gemma /
+  Qwen2, sdpa attention):  s·(2·a·hd + 2·k'·hd + 3·f) + 2·(4·h + 4) + 4·a
+  = attention q, k, v, output (k' = k, or a when padding makes HF repeat the kv heads) + the MLP's
+  gate, activation and up outputs + each RMSNorm's fp32 input and 1/rms + attention's fp32 logsumexp;
+  padded micro-batches (B > 1) add the sdpa mask, B·T²·s per layer. Plus the final norm (4·h + 4 per
+  token) and RoPE's cos/sin (2·T·hd·s).
+- logits at answer positions only (the tuner never builds [B, T, V]): the fp32 log-softmax kept for
+  backward, 4·N·V. Backward's transients: 8·B·T·h (fp32 gradients of the residual stream and of a
+  norm input) plus the larger of N·V·(8 + s) (logits, their fp32 copy, gradients) and one layer's
+  backward working set (taken as 2x that layer's saved activations, mask excluded).
+- the prompt: P·h values with fp32 master, Adam moments, gradients and a 16-bit copy, 20 bytes each
+  (optimizer state for the prompt only; offloaded configs keep 4 + s bytes on the GPU).
+- a fixed reserve (--reserve-gib, default 1.5) for the CUDA context, NCCL buffers and allocator slack.
+
+tests/test_plan.py checks the activation terms against memory measured on CPU runs of the tiny models
+(bytes saved for backward, exactly, and the peak of a forward+backward, within 15%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = [
+    "KNOWN_MODELS",
+    "ModelShape",
+    "activation_bytes",
+    "estimate",
+    "load_ds_config",
+    "main",
+    "resolve_model",
+]
+
+GIB = 1024**3
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+PREFETCH_BUCKET_DEFAULT = 50_000_000  # DeepSpeed's stage3_prefetch_bucket_size default (elements)
+PROMPT_BYTES_PER_VALUE = 20  # fp32 master 4 + Adam m, v 8 + fp32 grad 4 + 16-bit param and grad 4
+DEFAULT_DS_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+
+
+class PlanError(ValueError):
+    """A model, config or option the planner cannot use; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture numbers the estimate needs (a decoder-only HF model's config.json)."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    qkv_bias: bool = False
+    num_params_override: int | None = None  # a bare "7b": the count is given, the shape is a guess
+
+    @property
+    def num_params(self) -> int:
+        if self.num_params_override is not None:
+            return self.num_params_override
+        h, hd = self.hidden_size, self.head_dim
+        q, kv = self.num_heads * hd, self.num_kv_heads * hd
+        attention = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
+        layer = attention + 3 * h * self.intermediate_size + 2 * h  # + two RMSNorm weights
+        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + embeddings + h  # + final norm
+
+    @property
+    def largest_module(self) -> int:
+        """Elements of the largest single module ZeRO-3 gathers at once (embedding or one linear)."""
+        q = self.num_heads * self.head_dim
+        return max(self.vocab_size * self.hidden_size, self.hidden_size * self.intermediate_size, q * self.hidden_size)
+
+
+# The paper's five models, from their public config.json files on the Hugging Face hub as I know
+# them (written from memory, not downloaded here); the parameter counts they give (2.51B, 6.74B,
+# 6.91B, 13.0B, 14.2B) match the models' published sizes.
+KNOWN_MODELS: dict[str, ModelShape] = {
+    "gemma-2b-it": ModelShape("google/gemma-2b-it", 18, 2048, 8, 1, 256, 16384, 256000, True),
+    "open-llama-7b": ModelShape("openlm-research/open_llama_7b", 32, 4096, 32, 32, 128, 11008, 32000, False),
+    "deepseek-7b-chat": ModelShape("deepseek-ai/deepseek-llm-7b-chat", 30, 4096, 32, 32, 128, 11008, 102400, False),
+    "llama2-13b": ModelShape("meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 128, 13824, 32000, False),
+    "qwen1.5-14b": ModelShape("Qwen/Qwen1.5-14B", 40, 5120, 40, 40, 128, 13696, 152064, False, qkv_bias=True),
+}
+_ALIASES = {shape.name.lower(): key for key, shape in KNOWN_MODELS.items()}
+
+_PARAM_COUNT = re.compile(r"^(\d+(?:\.\d+)?)\s*([mbt])$", re.IGNORECASE)
+
+
+def _llama_shaped(name: str, num_params: int) -> ModelShape:
+    """A LLaMA-shaped guess for a bare parameter count: head dim 128, layers = hidden/128,
+    intermediate ≈ 8/3·hidden, vocab 32000, untied; hidden is the multiple of 128 whose model is
+    closest to the count. Weights use the count itself; activations follow the guessed shape."""
+
+    def shape(hidden: int) -> ModelShape:
+        f = int(math.ceil(8 * hidden / 3 / 256) * 256)
+        return ModelShape(name, hidden // 128, hidden, hidden // 128, hidden // 128, 128, f, 32000, False)
+
+    best = min((shape(128 * m) for m in range(1, 129)), key=lambda s: abs(s.num_params - num_params))
+    return ModelShape(**{**asdict(best), "num_params_override": num_params})
+
+
+def _shape_from_config(name: str, config) -> ModelShape:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        heads = config.num_attention_heads
+        return ModelShape(
+            name=name,
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            intermediate_size=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            qkv_bias=config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False)),
+        )
+    except AttributeError as e:
+        raise PlanError(f"{name}: config.json lacks a field the planner needs ({e})") from None
+
+
+def resolve_model(model: str) -> ModelShape:
+    """A known model name or hub id, a local HF model directory, a cached hub id (config.json only,
+    never weights, never the network) or a parameter count like ``7b`` / ``350m``."""
+    key = model.strip().lower()
+    if key in KNOWN_MODELS or key in _ALIASES:
+        return KNOWN_MODELS[_ALIASES.get(key, key)]
+    count = _PARAM_COUNT.match(key)
+    if count:
+        scale = {"m": 1e6, "b": 1e9, "t": 1e12}[count.group(2).lower()]
+        return _llama_shaped(model, int(float(count.group(1)) * scale))
+    path = Path(model).expanduser()
+    if path.exists() and not (path / "config.json").is_file():
+        raise PlanError(f"{model}: no config.json in that directory")
+    from transformers import AutoConfig
+
+    try:  # local_files_only: a hub id works when cached, and fails at once otherwise
+        config = AutoConfig.from_pretrained(str(path) if path.exists() else model, local_files_only=True)
+    except (OSError, ValueError) as e:
+        known = ", ".join(KNOWN_MODELS)
+        raise PlanError(
+            f"{model}: not a local model directory, a cached hub model ({type(e).__name__}) or a parameter "
+            f"count like 7b; known models: {known}"
+        ) from None
+    return _shape_from_config(model, config)
+
+
+def load_ds_config(path: Path) -> dict:
+    """ZeRO stage and offload targets of a DeepSpeed JSON: {"stage", "offload_param", "offload_optimizer",
+    "prefetch_bucket"}."""
+    try:
+        zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    except (OSError, json.JSONDecodeError) as e:
+        raise PlanError(f"{path}: cannot read the DeepSpeed config ({e})") from None
+
+    def device(key: str) -> str | None:
+        value = (zero.get(key) or {}).get("device", "none")
+        return None if value in (None, "none") else value
+
+    prefetch = zero.get("stage3_prefetch_bucket_size", PREFETCH_BUCKET_DEFAULT)
+    return {
+        "stage": int(zero.get("stage", 0)),
+        "offload_param": device("offload_param"),
+        "offload_optimizer": device("offload_optimizer"),
+        "prefetch_bucket": int(float(prefetch)) if prefetch != "auto" else PREFETCH_BUCKET_DEFAULT,
+    }
+
+
+def activation_bytes(
+    shape: ModelShape,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    num_virtual_tokens: int,
+    answer_tokens: int,
+    dtype_bytes: int,
+    padded: bool | None = None,
+) -> dict[str, int]:
+    """Activation memory of one forward+backward of the tuner's loss (module doc for the formula).
+
+    Returns bytes: ``saved`` (decoder tensors kept for backward), ``logits_saved``, ``transient`` and
+    ``peak`` = their sum. ``padded`` defaults to ``micro_batch > 1`` (rows of unequal length)."""
+    s, b = dtype_bytes, micro_batch
+    t = num_virtual_tokens + seq_len
+    h, a, hd, f = shape.hidden_size, shape.num_heads, shape.head_dim, shape.intermediate_size
+    padded = micro_batch > 1 if padded is None else padded
+    kv = a if padded and shape.num_kv_heads != a else shape.num_kv_heads
+    per_token_layer = s * (2 * a * hd + 2 * kv * hd + 3 * f) + 2 * (4 * h + 4) + 4 * a
+    per_layer = b * t * per_token_layer + (b * t * t * s if padded else 0)
+    saved = shape.num_layers * per_layer + b * t * (4 * h + 4) + 2 * t * hd * s
+    n_answer = b * min(answer_tokens, seq_len)
+    logits_saved = 4 * n_answer * shape.vocab_size
+    # backward's own tensors: the fp32 gradient of the residual stream and of a norm's input, plus
+    # either the logits' (fp32 copy, gradients) or one layer's backward working set, whichever is larger
+    transient = 8 * b * t * h + max(n_answer * shape.vocab_size * (8 + s), 2 * b * t * per_token_layer)
+    return {"saved": saved, "logits_saved": logits_saved, "transient": transient,
+            "peak": saved + logits_saved + transient}  # fmt: skip
+
+
+@dataclass
+class Estimate:
+    """Per-GPU bytes of one ds_configs/ file (``total`` <= the GPU's memory: it fits)."""
+
+    config: str
+    stage: int
+    offload: bool
+    weights: int
+    activations: int
+    prompt: int
+    reserve: int
+    total: int
+    host: int  # host RAM for offloaded parameters, all ranks of the node together
+    fits: bool
+    max_micro_batch: int  # largest micro-batch that would fit (0: none)
+
+
+def estimate(
+    shape: ModelShape,
+    ds_config: dict,
+    *,
+    name: str = "",
+    gpus: int,
+    gpu_mem_gib: float,
+    micro_batch: int,
+    seq_len: int,
+    num_virtual_tokens: int,
+    answer_tokens: int,
+    dtype_bytes: int,
+    reserve_gib: float = 1.5,
+) -> Estimate:
+    """Per-GPU memory of ``shape`` under one DeepSpeed config (``load_ds_config``'s dict)."""
+    s, n = dtype_bytes, shape.num_params
+    offload = ds_config["stage"] == 3 and ds_config["offload_param"] is not None
+    gathered = (shape.largest_module + ds_config["prefetch_bucket"]) * s
+    if ds_config["stage"] < 3:
+        weights = n * s
+    elif offload:
+        weights = gathered
+    else:
+        weights = math.ceil(n / gpus) * s + gathered
+    prompt_values = num_virtual_tokens * shape.hidden_size
+    prompt = prompt_values * ((4 + s) if ds_config["offload_optimizer"] else PROMPT_BYTES_PER_VALUE)
+    reserve = int(reserve_gib * GIB)
+    budget = int(gpu_mem_gib * GIB)
+
+    def acts(b: int) -> int:
+        return activation_bytes(
+            shape, micro_batch=b, seq_len=seq_len, num_virtual_tokens=num_virtual_tokens,
+            answer_tokens=answer_tokens, dtype_bytes=s,
+        )["peak"]  # fmt: skip
+
+    fixed = weights + prompt + reserve
+    total = fixed + acts(micro_batch)
+    max_micro = 0
+    while max_micro < 4096 and fixed + acts(max_micro + 1) <= budget:
+        max_micro += 1
+    return Estimate(
+        config=name, stage=ds_config["stage"], offload=offload, weights=weights, activations=acts(micro_batch),
+        prompt=prompt, reserve=reserve, total=total, host=n * s if offload else 0, fits=total <= budget,
+        max_micro_batch=max_micro,
+    )  # fmt: skip
+
+
+def _gib(x: int) -> str:
+    return f"{x / GIB:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tsloss plan``: choose the ds_configs/ file that fits; exit 0 when one fits, 1 when none does."""
+    parser = argparse.ArgumentParser(prog="tsloss plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True,
+                        help=f"local HF model dir, cached hub id, a count like 7b, or: {', '.join(KNOWN_MODELS)}")
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs (ranks) in the run")
+    parser.add_argument("--gpu-mem", type=float, required=True, help="memory of one GPU in GiB")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per row, prompt excluded (default 512)")
+    parser.add_argument("--answer-tokens", type=int, default=256,
+                        help="answer tokens per row: the only positions given logits (default 256)")
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch, as the tuner's (default 8)")
+    parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per GPU (default batch/gpus)")
+    parser.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt length P (default 20)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="model dtype (default bf16)")
+    parser.add_argument("--reserve-gib", type=float, default=1.5, help="CUDA context, NCCL, allocator slack")
+    parser.add_argument("--ds-configs", type=Path, default=DEFAULT_DS_CONFIGS_DIR, help="folder of DeepSpeed JSONs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    try:
+        if args.gpus < 1 or args.gpu_mem <= 0 or args.seq_len < 1 or args.num_virtual_tokens < 0:
+            raise PlanError("--gpus, --gpu-mem and --seq-len must be positive")
+        micro = args.micro_batch_size or args.batch_size // args.gpus
+        if micro < 1 or args.batch_size % (micro * args.gpus):
+            raise PlanError(
+                f"batch_size={args.batch_size} is not a multiple of micro_batch_size*gpus={micro}*{args.gpus}"
+            )
+        shape = resolve_model(args.model)
+        files = sorted(args.ds_configs.glob("*.json"))
+        if not files:
+            raise PlanError(f"{args.ds_configs}: no DeepSpeed JSON files")
+        configs = {f.name: load_ds_config(f) for f in files}
+    except PlanError as e:
+        print(f"tsloss plan: {e}", file=sys.stderr)
+        return 2
+    # cheapest first: fewer collectives, then no PCIe traffic for offloaded parameters
+    order = sorted(configs, key=lambda k: (configs[k]["stage"], configs[k]["offload_param"] is not None, k))
+    estimates = [
+        estimate(shape, configs[name], name=name, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, micro_batch=micro,
+                 seq_len=args.seq_len, num_virtual_tokens=args.num_virtual_tokens,
+                 answer_tokens=args.answer_tokens, dtype_bytes=DTYPE_BYTES[args.dtype], reserve_gib=args.reserve_gib)
+        for name in order
+    ]  # fmt: skip
+    choice = next((e for e in estimates if e.fits), None)
+    if args.json:
+        print(json.dumps({
+            "model": shape.name, "num_params": shape.num_params, "gpus": args.gpus, "gpu_mem_gib": args.gpu_mem,
+            "micro_batch": micro, "choice": choice.config if choice else None,
+            "estimates": [asdict(e) for e in estimates],
+        }))  # fmt: skip
+        return 0 if choice else 1
+    print(f"model {shape.name}: {shape.num_params / 1e9:.2f}B parameters, {shape.num_layers} layers, hidden "
+          f"{shape.hidden_size}, vocab {shape.vocab_size}; {args.dtype}")  # fmt: skip
+    print(f"{args.gpus} GPU(s) x {args.gpu_mem:g} GiB; micro-batch {micro} x ({args.num_virtual_tokens} prompt + "
+          f"{args.seq_len} tokens), {min(args.answer_tokens, args.seq_len)} answer tokens per row")  # fmt: skip
+    header = "".join(f"{c:>9}" for c in ("weights", "activ.", "prompt", "reserve", "total"))
+    print(f"\n  {'config':<18}{header}  fits  max micro-batch")
+    for e in estimates:
+        mark = "*" if e is choice else " "
+        print(f"{mark} {e.config:<18}{_gib(e.weights):>9}{_gib(e.activations):>9}{e.prompt / 2**20:>8.1f}M"
+              f"{_gib(e.reserve):>9}{_gib(e.total):>9}  {'yes' if e.fits else 'no':<4}  {e.max_micro_batch}")  # fmt: skip
+    print("  (GiB per GPU)")
+    if choice is None:
+        print(f"\nnothing fits in {args.gpu_mem:g} GiB: shorten --seq-len, lower the micro-batch, or add GPUs")
+        return 1
+    host = f"; host RAM for parameters: {_gib(choice.host)} GiB" if choice.offload else ""
+    print(f"\nuse --ds_config {args.ds_configs.name}/{choice.config}{host}")
+    return 0
