@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import yaml
+
+from tsloss_harness.sweep import SweepError, load_sweep_config, main, run_sweep
+
+
+@pytest.fixture
+def sweep_yaml(tmp_path, tiny_llama_dir):
+    config = {
+        "output_dir": str(tmp_path / "sweep"),
+        "model": str(tiny_llama_dir),
+        "datasets": ["gsm8k"],
+        "data_dir": "generated",
+        "settings": {"single": 1},
+        "regularizers": ["none", "tsloss"],
+        "seeds": 2,
+        "tune": {"max_steps": 2, "eval_every": 1, "topology_every": 0, "lr": 0.01, "progress": False},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sweep_runs_reuses_and_reports(sweep_yaml, capsys):
+    assert main(["--config", str(sweep_yaml)]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs (0 reused)" in out
+    assert "tsloss ÷ none iterations to convergence" in out
+    root = sweep_yaml.parent / "sweep"
+    for reg in ("none", "tsloss"):
+        for seed in (0, 1):
+            summary = json.loads((root / "gsm8k" / "single" / reg / f"seed-{seed}" / "summary.json").read_text())
+            assert summary["config"]["regularizer"] == reg and summary["config"]["seed"] == seed
+            assert summary["steps"] == 2
+    # CE and TSLoss of one seed train on the same generated row; seeds differ.
+    data = sorted((root / "data").iterdir())
+    assert len(data) == 2 and data[0].joinpath("train.jsonl").read_text() != data[1].joinpath("train.jsonl").read_text()
+    assert "Table IV" in (root / "board.md").read_text()
+    ratios = json.loads((root / "ratios.json").read_text())
+    assert [r["regularizer"] for r in ratios] == ["tsloss"] and ratios[0]["runs"] == 2
+
+    # A second call reuses every finished run; an interrupted one (no summary) is redone.
+    (root / "gsm8k" / "single" / "tsloss" / "seed-1" / "summary.json").unlink()
+    result = run_sweep(load_sweep_config(sweep_yaml))
+    assert result["runs"] == 4 and result["reused"] == 3
+
+
+def test_bad_sweep_configs(tmp_path, sweep_yaml, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("regularizers: [none]\nlearning_rate: 1\n")
+    with pytest.raises(SweepError, match="unknown key"):
+        load_sweep_config(bad)
+    config = load_sweep_config(sweep_yaml)
+    config.regularizers = ["none", "nope"]
+    with pytest.raises(SweepError, match="nope"):
+        run_sweep(config)
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read sweep config" in capsys.readouterr().err

@@ -1,0 +1,227 @@
+"""``tsloss sweep --config sweep.yaml``: the tuner over data sets x settings x regularizers x seeds,
+then the leaderboard.
+
+The paper's convergence protocol (Tables IV and VI: CE, CE+H0, CE+H1, CE+TSLoss; single- and
+multi-sample) is ``configs/sweep_convergence.yaml``; on the CPU testbed it runs in one command::
+
+    tsloss sweep --config configs/sweep_convergence.yaml
+
+Each run is an ordinary tuner run directory, ``<output_dir>/<dataset>/<setting>/<regularizer>/seed-<s>``.
+A run whose ``summary.json`` holds the same resolved tuner config is reused, never redone; a run that
+was interrupted (no summary) is started again from scratch. At the end the sweep writes the
+leaderboard (``board.md``) and prints the measured TSLoss ÷ CE ratio of iterations to convergence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SweepConfig", "load_sweep_config", "main", "run_sweep"]
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep. ``tune`` holds TuneConfig values shared by every run."""
+
+    output_dir: str = "runs/sweep"
+    model: str = "testbed"  # "testbed": the default CPU testbed (built once, cached); else a model dir / hub id
+    datasets: list[str] = field(default_factory=lambda: ["gsm8k"])
+    # "generated": GSM8K-format rows generated per seed (gsm8k only); a folder; or None for the hub
+    data_dir: str | None = "generated"
+    settings: dict[str, int] = field(default_factory=lambda: {"single": 1, "multi": 10})  # name -> num_samples
+    regularizers: list[str] = field(default_factory=lambda: ["none", "h0", "h1", "tsloss"])
+    seeds: list[int] | int = 20  # a count n means seeds 0..n-1
+    tune: dict[str, Any] = field(default_factory=dict)
+    baseline: str = "none"  # the denominator of the printed ratios
+    leaderboard: str = "board.md"
+
+
+class SweepError(ValueError):
+    """A bad sweep config; the message is one line."""
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SweepError(f"cannot read sweep config {path}: {str(e).splitlines()[0]}") from None
+    known = {f.name for f in dataclasses.fields(SweepConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return SweepConfig(**values)
+
+
+def _seeds(config: SweepConfig) -> list[int]:
+    return list(range(config.seeds)) if isinstance(config.seeds, int) else [int(s) for s in config.seeds]
+
+
+def _model(config: SweepConfig) -> str:
+    if config.model != "testbed":
+        return config.model
+    from tsloss_harness.testbed import build_testbed
+
+    return str(build_testbed())
+
+
+def _data_dir(config: SweepConfig, dataset: str, seed: int, num_rows: int) -> str | None:
+    """Per-seed generated rows, so each seed trains on its own sample(s) (CE and TSLoss share them)."""
+    if config.data_dir != "generated":
+        return config.data_dir
+    if dataset != "gsm8k":
+        raise SweepError(f"data_dir 'generated' exists for gsm8k only, not {dataset!r}: give a data folder")
+    from tsloss_harness.tiny import generate_gsm8k_rows, write_jsonl
+
+    folder = Path(config.output_dir) / "data" / f"gsm8k-seed{seed}-{num_rows}"
+    if not (folder / "train.jsonl").is_file():
+        write_jsonl(generate_gsm8k_rows(num_rows, seed=10_000 + seed), folder / "train.jsonl")
+    return str(folder)
+
+
+def _finished(run_dir: Path, resolved: dict) -> dict | None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if summary.get("config") == resolved else None
+
+
+def run_sweep(config: SweepConfig) -> dict[str, Any]:
+    """Run (or reuse) every run of the sweep, write the leaderboard; return summaries and ratios."""
+    from tsloss_harness import leaderboard
+    from tsloss_harness.losses import REGULARIZERS
+    from tsloss_harness.tune import TuneConfig, run
+
+    bad = [r for r in config.regularizers if r not in REGULARIZERS]
+    if bad:
+        raise SweepError(f"unknown regularizer(s) {', '.join(bad)} (choose from {', '.join(REGULARIZERS)})")
+    tune_fields = {f.name for f in dataclasses.fields(TuneConfig)}
+    unknown = sorted(set(config.tune) - tune_fields)
+    if unknown:
+        raise SweepError(f"unknown tuner setting(s) under 'tune': {', '.join(unknown)}")
+
+    model = _model(config)
+    shared: dict[str, Any] = {"progress": False}
+    if config.model == "testbed":
+        from tsloss_harness.testbed import TUNE_DEFAULTS
+
+        shared.update(TUNE_DEFAULTS)
+        shared["stop_at_convergence"] = True
+    shared.update(config.tune)
+
+    out = Path(config.output_dir)
+    seeds = _seeds(config)
+    plan = [
+        (dataset, setting, num_samples, reg, seed)
+        for dataset in config.datasets
+        for setting, num_samples in config.settings.items()
+        for reg in config.regularizers
+        for seed in seeds
+    ]
+    from tqdm.auto import tqdm
+
+    results: dict[tuple, dict] = {}
+    reused = 0
+    for dataset, setting, num_samples, reg, seed in tqdm(plan, desc="sweep", unit="run"):
+        run_dir = out / dataset / setting / reg / f"seed-{seed}"
+        tune_config = TuneConfig(
+            **{
+                **shared,
+                "model": model,
+                "dataset": dataset,
+                "data_dir": _data_dir(config, dataset, seed, max(config.settings.values())),
+                "num_samples": num_samples,
+                # the paper's batch of 8, or the whole set when it is smaller (single-sample: 1)
+                "batch_size": config.tune.get("batch_size", min(8, num_samples)),
+                "regularizer": reg,
+                "seed": seed,
+                "output_dir": str(run_dir),
+                "eval_max_samples": num_samples,
+            }
+        )
+        summary = _finished(run_dir, dataclasses.asdict(tune_config))
+        if summary is not None:
+            reused += 1
+        else:
+            if run_dir.exists():  # interrupted earlier: start that run again from nothing
+                shutil.rmtree(run_dir)
+            summary = run(tune_config)
+        results[(dataset, setting, reg, seed)] = summary
+
+    measurements, warnings = leaderboard.collect([out])
+    tables = leaderboard.build_tables(measurements)
+    board = out / config.leaderboard
+    board.write_text(leaderboard.render(tables, "md"))
+
+    ratios = []
+    for dataset in config.datasets:
+        for setting in config.settings:
+            base = [results[(dataset, setting, config.baseline, s)]["converged_step"] for s in seeds]
+            for reg in config.regularizers:
+                if reg == config.baseline:
+                    continue
+                ours = [results[(dataset, setting, reg, s)]["converged_step"] for s in seeds]
+                a, b = [v for v in ours if v is not None], [v for v in base if v is not None]
+                ratio = leaderboard.ratio_ci(a, b) if a and b else (None, None, None)
+                ratios.append(
+                    {
+                        "dataset": dataset,
+                        "setting": setting,
+                        "regularizer": reg,
+                        "baseline": config.baseline,
+                        "ratio": ratio[0],
+                        "ci95": [ratio[1], ratio[2]],
+                        "converged": len(a),
+                        "baseline_converged": len(b),
+                        "runs": len(seeds),
+                    }
+                )
+    (out / "ratios.json").write_text(json.dumps(ratios, indent=2) + "\n")
+    return {"runs": len(plan), "reused": reused, "leaderboard": str(board), "ratios": ratios, "warnings": warnings}
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tsloss sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="sweep YAML (see configs/sweep_convergence.yaml)")
+    parser.add_argument("--seeds", type=int, help="override the number of seeds")
+    parser.add_argument("--output_dir", help="override the output directory")
+    args = parser.parse_args(argv)
+
+    from tsloss_harness.data import DataError
+    from tsloss_harness.tune import TuneError
+
+    try:
+        config = load_sweep_config(args.config)
+        if args.seeds is not None:
+            config.seeds = args.seeds
+        if args.output_dir:
+            config.output_dir = args.output_dir
+        result = run_sweep(config)
+    except (SweepError, DataError, TuneError) as e:
+        print(f"tsloss sweep: {e}", file=sys.stderr)
+        return 2
+    print(f"{result['runs']} runs ({result['reused']} reused); leaderboard: {result['leaderboard']}")
+    for r in result["ratios"]:
+        print(
+            f"  {r['dataset']} {r['setting']}: {r['regularizer']} ÷ {r['baseline']} iterations to convergence "
+            f"= {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; "
+            f"converged {r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['runs']})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
