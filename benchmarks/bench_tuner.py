@@ -1,0 +1,175 @@
+"""The tuner against PEFT prompt tuning trained by the HF Trainer, in one run, on one machine.
+
+Same model (llama, 4 layers x 256 hidden, 65,536-token vocabulary, random weights), same GSM8K rows
+(real ones from $TSLOSS_GSM8K_DIR when set, else generated), same tokenisation, same first batch,
+same initial prompt, batch 8, 20 virtual tokens, AdamW with the paper's settings. Prints:
+- samples/s of both (median over steps after the first two) and their ratio (goal >= 3.5x);
+- the loss of the first step of both (before any update; the same to 1e-5);
+- the regularizer's (TSLoss, forward + backward) share of a tuner step (goal <= 1%).
+
+    python benchmarks/bench_tuner.py [--steps 12] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def peer_trainer(model_dir: Path, rows, init, order, args, work: Path) -> dict:
+    """PEFT prompt tuning + HF Trainer on the tuner's rows, in the tuner's epoch-0 order."""
+    import torch
+    from peft import get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from tsloss_harness.prompt import make_prompt_config
+    from tsloss_harness.tune import _collate
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    c = base.config
+    model = get_peft_model(base, make_prompt_config(model_dir, num_virtual_tokens=args.num_virtual_tokens,
+                                                    token_dim=c.hidden_size, num_layers=c.num_hidden_layers,
+                                                    num_attention_heads=c.num_attention_heads))
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.copy_(init)
+    dataset = [rows[i] for i in order]
+
+    def collate(batch):
+        input_ids, attention, labels = _collate(batch, args.pad_id)
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+    step_losses = []
+
+    class Sequential(Trainer):  # the tuner's order, so both see the same first batch
+        def _get_train_sampler(self, train_dataset=None):
+            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+        def compute_loss(self, *a, **k):  # the logged loss is rounded to 4 digits; keep the exact one
+            loss = super().compute_loss(*a, **k)
+            step_losses.append((loss[0] if isinstance(loss, tuple) else loss).item())
+            return loss
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0 = [], None
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self.t0)
+
+    timer = StepTimer()
+    training_args = TrainingArguments(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+        learning_rate=5e-5, weight_decay=0.01, adam_epsilon=1e-8, warmup_steps=math.ceil(0.1 * args.steps),
+        lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=0,
+    )
+    trainer = Sequential(model=model, args=training_args, train_dataset=dataset, data_collator=collate,
+                         callbacks=[timer])
+    trainer.train()
+    return {"step_s": timer.times, "first_loss": step_losses[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--num_virtual_tokens", type=int, default=20)
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from tsloss_harness import tiny
+    from tsloss_harness.data import load_examples
+    from tsloss_harness.losses import get_regularizer
+    from tsloss_harness.prompt import load_prompt
+    from tsloss_harness.tune import TuneConfig, _epoch_order, _tokenize, run
+
+    work = Path(tempfile.mkdtemp(prefix="bench_tuner-"))
+    model_dir = tiny.build_tiny_model("llama", work / "model", hidden_size=256, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=4, intermediate_size=688,
+                                      vocab_size=65536)
+    num_rows = args.batch_size * args.steps
+    data_dir = os.environ.get("TSLOSS_GSM8K_DIR")
+    if not data_dir:
+        data_dir = work / "gsm8k"
+        tiny.write_jsonl(tiny.generate_gsm8k_rows(num_rows, seed=0), data_dir / "train.jsonl")
+    print(f"model: llama 4x256, vocab 65,536; data: {'real GSM8K' if os.environ.get('TSLOSS_GSM8K_DIR') else 'generated GSM8K-format'} rows; "
+          f"batch {args.batch_size}; {args.num_virtual_tokens} virtual tokens; {args.steps} steps; torch threads {torch.get_num_threads()}")
+
+    # The tuner (one process, DeepSpeed ZeRO-2 engine, TSLoss on).
+    out = work / "tuner"
+    config = TuneConfig(model=str(model_dir), data_dir=str(data_dir), num_samples=num_rows, output_dir=str(out),
+                        batch_size=args.batch_size, num_virtual_tokens=args.num_virtual_tokens, max_steps=args.steps,
+                        eval_every=0, topology_every=0, progress=False, save_every=0)
+    summary = run(config)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tuner_step_s = [args.batch_size / m["samples_per_s"] for m in metrics[2:]]
+    tuner_first = metrics[0]["ce"]
+
+    # The peer, from the tuner's initial prompt (regenerated exactly as the tuner drew it).
+    init = torch.randn(args.num_virtual_tokens, 256, generator=torch.Generator().manual_seed(config.seed)) * 0.02
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    args.pad_id = tokenizer.pad_token_id
+    rows = _tokenize(load_examples("gsm8k", data_dir, num_samples=num_rows), tokenizer, None)
+    peer = peer_trainer(model_dir, rows, init, _epoch_order(len(rows), config.seed, 0), args, work)
+    peer_step_s = peer["step_s"][2:]
+    # On a shared machine other jobs slow some steps down: the fastest step is the least disturbed.
+    tuner_sps, peer_sps = args.batch_size / min(tuner_step_s), args.batch_size / min(peer_step_s)
+    median_ratio = statistics.median(peer_step_s) / statistics.median(tuner_step_s)
+
+    # The regularizer's share: TSLoss forward + backward on the final prompt vs a tuner step.
+    prompt = load_prompt(out / "prompt").requires_grad_(True)
+    ts = get_regularizer("tsloss")
+    for _ in range(5):
+        ts(prompt).backward()
+    reps = 200
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        ts(prompt).backward()
+    reg_s = (time.perf_counter() - t0) / reps
+    step_s = min(tuner_step_s)
+
+    result = {
+        "tuner_samples_per_s": tuner_sps,
+        "peer_samples_per_s": peer_sps,
+        "speedup": tuner_sps / peer_sps,
+        "speedup_of_medians": median_ratio,
+        "answer_token_share": sum(len(ids) - n for ids, n in rows) / sum(len(ids) for ids, n in rows),
+        "tuner_first_loss": tuner_first,
+        "peer_first_loss": peer["first_loss"],
+        "first_loss_abs_diff": abs(tuner_first - peer["first_loss"]),
+        "regularizer_ms": reg_s * 1e3,
+        "regularizer_share_of_step": reg_s / step_s,
+        "tuner_wall_time_s": summary["wall_time_s"],
+    }
+    print(f"tuner (answer-position logits, DeepSpeed, TSLoss): {tuner_sps:6.2f} samples/s (fastest step)")
+    print(f"peer  (PEFT + HF Trainer, full logits, CE only):   {peer_sps:6.2f} samples/s (fastest step)")
+    print(f"speedup: {result['speedup']:.2f}x fastest step, {median_ratio:.2f}x median step (goal >= 3.5x); "
+          f"answer tokens are {100 * result['answer_token_share']:.0f}% of the tokens")
+    print(f"first-step loss: tuner CE {tuner_first:.7f}, peer {peer['first_loss']:.7f}, "
+          f"|diff| {result['first_loss_abs_diff']:.2e} (goal <= 1e-5)")
+    print(f"regularizer: {reg_s * 1e3:.2f} ms fwd+bwd = {100 * result['regularizer_share_of_step']:.2f}% of a "
+          f"{step_s * 1e3:.0f} ms step (goal <= 1%)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

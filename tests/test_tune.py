@@ -1,0 +1,335 @@
+"""The tuner: answer-position loss, one process on every tiny arch, 2 ranks == 1 rank (z2, z3),
+kill -9 + resume bit-identical, bad inputs, output schema, converged_step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tsloss_harness import tiny
+from tsloss_harness.data import load_examples
+from tsloss_harness.prompt import load_prompt, load_provenance
+from tsloss_harness.topology import METRIC_KEYS
+from tsloss_harness.tune import DEFAULT_DS_CONFIG, TuneConfig, TuneError, _ds_config, load_config, main, run
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_KEYS = {"step", "epoch", "lr", "loss", "ce", "reg", "samples_per_s"}
+
+
+def _config(model, data_dir, out, **overrides) -> TuneConfig:
+    settings = dict(
+        model=str(model), data_dir=str(data_dir), output_dir=str(out), num_samples=4, batch_size=2, max_steps=4,
+        lr=0.01, warmup_ratio=0.0, eval_every=0, eval_max_samples=2, topology_every=0, progress=False,
+    )
+    return TuneConfig(**{**settings, **overrides})
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def short_dir(tmp_path_factory) -> Path:
+    """Four GSM8K-format rows with short answers: greedy generation for accuracy stays cheap."""
+    root = tmp_path_factory.mktemp("short")
+    rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"} for a, b in
+            [(2, 3), (4, 1), (7, 2), (6, 6)]]
+    tiny.write_jsonl(rows, root / "train.jsonl")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_row_dir(tmp_path_factory) -> Path:
+    """A single short GSM8K-format row a random tiny model can memorise in a few steps."""
+    root = tmp_path_factory.mktemp("one")
+    tiny.write_jsonl([{"question": "What is 2 plus 3?", "answer": "#### 5"}], root / "train.jsonl")
+    return root
+
+
+# ------------------------------------------------------------------------------------------- loss
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_dir):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tsloss_harness.losses import get_regularizer
+    from tsloss_harness.prompt import make_prompt_config
+    from tsloss_harness.tune import _collate, _loss_module, _tokenize
+
+    model_dir = tiny_model_dirs[arch]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    c = base.config
+    peft_model = get_peft_model(
+        base, make_prompt_config(model_dir, num_virtual_tokens=5, token_dim=c.hidden_size,
+                                 num_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads)
+    )
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    rows = _tokenize(load_examples("gsm8k", gsm8k_dir, num_samples=3), tokenizer, None)
+    input_ids, attention, labels = _collate(rows, tokenizer.pad_token_id)
+    n_answer = int((labels != -100).sum())
+    weight = peft_model.prompt_encoder["default"].embedding.weight
+    full = peft_model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    full.backward()
+    full_grad, weight.grad = weight.grad.clone(), None
+    module = _loss_module(peft_model, get_regularizer("none"), {}, 0.0)
+    loss, ce_sum, _ = module(input_ids, attention, labels, 1.0 / n_answer)
+    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce_sum / n_answer, full, rtol=1e-5, atol=1e-5)
+    loss.backward()  # the same gradient reaches the prompt
+    assert full_grad.abs().sum() > 0
+    torch.testing.assert_close(weight.grad, full_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_cross_entropy_with_softcap_and_bias():
+    from tsloss_harness.tune import _linear_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(300, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.randn(70000, 16, generator=g, dtype=torch.float64), torch.randn(70000, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 70000, (300,), generator=g)
+    ours = _linear_cross_entropy().apply(hidden, weight, bias, targets, 30.0)  # 70000 > one chunk of rows
+    (ours_grad,) = torch.autograd.grad(ours * 2.0, hidden)
+    logits = torch.tanh((hidden @ weight.T + bias) / 30.0) * 30.0
+    reference = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    (reference_grad,) = torch.autograd.grad(reference * 2.0, hidden)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(ours_grad, reference_grad)
+
+
+# ------------------------------------------------------------------------------- single process
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_one_process_run_and_output_schema(arch, tiny_model_dirs, short_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = run(_config(tiny_model_dirs[arch], short_dir, out, eval_every=2, topology_every=2, save_every=2,
+                          regularizer="tsloss", init="text:x " if arch == "qwen2" else "normal"))
+    lines = _lines(out / "metrics.jsonl")
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    for r in lines:
+        assert TRAIN_KEYS <= r.keys() and all(isinstance(r[k], (int, float)) for k in TRAIN_KEYS)
+        assert r["loss"] == pytest.approx(r["ce"] + r["reg"])
+    assert [r["epoch"] for r in lines] == [0.5, 1.0, 1.5, 2.0]
+    for r in (lines[1], lines[3]):  # every 2 steps: topology and training accuracy
+        assert set(METRIC_KEYS) <= r.keys() and 0.0 <= r["accuracy"] <= 1.0
+    assert "accuracy" not in lines[0] and "h0_count" not in lines[0]
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert {"converged_step", "steps", "total_steps", "epochs", "world_size", "wall_time_s", "samples_per_s",
+            "final", "prompt_dir", "config"} <= on_disk.keys()
+    assert on_disk["steps"] == 4 and on_disk["world_size"] == 1 and on_disk["final"]["step"] == 4
+    assert on_disk["config"]["model"] == str(tiny_model_dirs[arch])
+    assert (out / "config.yaml").is_file()
+
+    prompt = load_prompt(out / "prompt")
+    hidden = json.loads((tiny_model_dirs[arch] / "config.json").read_text())["hidden_size"]
+    assert prompt.shape == (20, hidden) and prompt.dtype == torch.float32
+    assert torch.equal(prompt, load_prompt(out / "checkpoints" / "step-4"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    provenance = load_provenance(out / "prompt")
+    assert provenance["step"] == 4 and provenance["regularizer"] == "tsloss"
+
+
+def test_init_normal_is_gaussian_0_02(tiny_llama_dir, short_dir, tmp_path):
+    # max_steps=1 with warm-up: the first step's learning rate is 0, so the prompt is the init.
+    run(_config(tiny_llama_dir, short_dir, tmp_path / "r", max_steps=1, warmup_ratio=1.0, epochs=1))
+    prompt = load_prompt(tmp_path / "r" / "prompt")
+    assert prompt.mean().abs() < 0.005 and prompt.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_converged_step_on_a_single_learnable_sample(tiny_tokenizer_dir, one_row_dir, tmp_path):
+    # Random weights at the usual 0.02 scale give near-uniform logits a prompt cannot sharpen;
+    # a larger init scale leaves the model able to memorise one short answer.
+    model = tiny.build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir, initializer_range=0.2)
+    out = tmp_path / "run"
+    summary = run(_config(model, one_row_dir, out, num_samples=1, batch_size=8, lr=0.3, max_steps=40,
+                          eval_every=1, stop_at_convergence=True))
+    lines = _lines(out / "metrics.jsonl")
+    first_correct = next(r["step"] for r in lines if r["accuracy"] == 1.0)
+    assert summary["converged_step"] == first_correct < 40
+    assert lines[-1]["step"] == summary["steps"] == first_correct  # stop_at_convergence
+    assert lines[0]["accuracy"] == 0.0
+
+
+# -------------------------------------------------------------------------------- configuration
+
+
+def test_ds_configs_on_disk():
+    z2 = json.loads((REPO / "ds_configs" / "z2.json").read_text())
+    assert z2 == DEFAULT_DS_CONFIG
+    for name, stage in (("z3", 3), ("z3_offload", 3)):
+        assert json.loads((REPO / "ds_configs" / f"{name}.json").read_text())["zero_optimization"]["stage"] == stage
+
+
+def test_ds_config_auto_values_come_from_the_flags():
+    config = TuneConfig(model="m", batch_size=8, lr=0.1, weight_decay=0.5, adam_eps=1e-6, max_grad_norm=2.0)
+    ds = _ds_config(config, world_size=2, total_steps=100)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 4, 1)
+    assert ds["optimizer"]["params"] | {} == {"lr": 0.1, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.5, "torch_adam": True}
+    assert ds["gradient_clipping"] == 2.0
+    assert ds["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    ds = _ds_config(TuneConfig(model="m", batch_size=8, micro_batch_size=2), world_size=2, total_steps=1)
+    assert ds["gradient_accumulation_steps"] == 2
+    assert "auto" not in json.dumps(ds)
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: some/model\nlr: 0.5\nnum_samples: 10\nresume: true\n")
+    config = load_config(["--config", str(path), "--lr", "0.25", "--num_samples", "none", "--local_rank=0"])
+    assert (config.model, config.lr, config.num_samples, config.resume) == ("some/model", 0.25, None, True)
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def _fails(argv, capsys, code=2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    if code == 2:  # bad input: one line, before any library speaks
+        assert err.startswith("tsloss tune: ") and "\n" not in err
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"question": "q", "answer": "#### 1"}\n{bad json\n', "train.jsonl:2: malformed JSON"),
+        ('{"question": "q"}\n', "row 1: missing field 'answer'"),
+        ("", "empty data set"),
+    ],
+)
+def test_bad_data_fails_before_the_model_loads(content, match, tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(content)
+    out = tmp_path / "out"
+    # --model is an existing directory but no model: the data fails first, so nothing loads it
+    err = _fails(["--model", str(REPO), "--data_dir", str(tmp_path / "data"), "--output_dir", str(out)], capsys)
+    assert match in err
+    assert not out.exists()
+
+
+def test_bad_arguments(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
+    common = ["--data_dir", str(gsm8k_dir), "--output_dir", str(tmp_path / "out")]
+    assert "model path not found: /no/such/model" in _fails(["--model", "/no/such/model", *common], capsys)
+    model = ["--model", str(tiny_llama_dir)]
+    assert "unknown regularizer 'nope'" in _fails([*model, *common, "--regularizer", "nope"], capsys)
+    assert "unknown init 'zeros'" in _fails([*model, *common, "--init", "zeros"], capsys)
+    assert "has only 32 rows" in _fails([*model, *common, "--num_samples", "99"], capsys)
+    assert "unknown dataset 'squad'" in _fails([*model, *common, "--dataset", "squad"], capsys)
+    assert "--resume: no engine state" in _fails([*model, *common, "--resume"], capsys)
+    assert "model path not found: ./missing" in _fails(["--model", "./missing", *common], capsys)
+    (tmp_path / "run.yaml").write_text("lr: 1\nlearning_rate: 2\n")
+    assert "unknown key 'learning_rate'" in _fails([*model, *common, "--config", str(tmp_path / "run.yaml")], capsys)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("x")
+    assert "output_dir is not empty" in _fails([*model, *common], capsys)
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--model", str(tiny_llama_dir), "--data_dir", str(gsm8k_dir), "--output_dir", str(out),
+            "--num_samples", "2", "--batch_size", "2", "--max_steps", "5", "--warmup_ratio", "0", "--save_every", "1",
+            "--eval_every", "0", "--topology_every", "0", "--lr", "1e30", "--max_grad_norm", "0", "--no-progress"]
+    err = _fails(argv, capsys, code=1)
+    assert err.startswith("tsloss tune: non-finite loss at step") and "last good checkpoint" in err
+    steps = [r["step"] for r in _lines(out / "metrics.jsonl")]
+    assert not (out / "summary.json").exists() and not (out / "prompt").exists()
+    assert torch.isfinite(load_prompt(out / "checkpoints" / f"step-{steps[-1]}")).all()
+
+
+# --------------------------------------------------------------------------------- kill + resume
+
+
+def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path):
+    args = dict(num_samples=6, batch_size=2, max_steps=60, lr=0.01, warmup_ratio=0.1)
+    killed = tmp_path / "killed"
+    # save_every=1 in the run we kill: a checkpoint each step, and steps slow enough to be killed mid-way.
+    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=1, **args).__dict__.items()
+            if v is not None and not isinstance(v, bool)]
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen([sys.executable, str(REPO / "tune.py"), *argv, "--no-progress"], env=_fresh_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            metrics = killed / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the run ended before it could be killed: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+    assert not (killed / "summary.json").exists()
+    with pytest.raises(TuneError, match=r"--resume: lr=0.02 differs from the run's lr=0.01"):
+        run(_config(tiny_llama_dir, gsm8k_dir, killed, resume=True, **{**args, "lr": 0.02}))
+    # The resumed and the uninterrupted run save only at the end: checkpointing must not change training.
+    resumed = run(_config(tiny_llama_dir, gsm8k_dir, killed, resume=True, **args))
+    straight = run(_config(tiny_llama_dir, gsm8k_dir, tmp_path / "straight", **args))
+    assert [r["step"] for r in _lines(killed / "metrics.jsonl")] == list(range(1, 61))
+    assert torch.equal(load_prompt(killed / "prompt"), load_prompt(tmp_path / "straight" / "prompt"))
+    assert resumed["final"]["loss"] == straight["final"]["loss"]
+
+
+# --------------------------------------------------------------------------- deepspeed, 2 ranks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", ["z2", "z3"])
+def test_two_ranks_equal_one_rank(zero, tiny_llama_dir, short_dir, tmp_path):
+    # 3 rows, global batch 2: the second step has one row, so rank 1 runs the no-target dummy row.
+    # The last step evaluates by generation (under ZeRO-3 both ranks generate) and computes topology.
+    ds_config = json.loads((REPO / "ds_configs" / f"{zero}.json").read_text())
+    if zero == "z3":  # partition even the tiny model's small tensors (ZeRO-3 keeps those whole by default)
+        ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "ds.json").write_text(json.dumps(ds_config))
+    args = dict(num_samples=3, batch_size=2, max_steps=4, eval_every=4, topology_every=4,
+                ds_config=str(tmp_path / "ds.json"))
+    one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", **args))
+    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, short_dir, tmp_path / "two", **args).__dict__.items()
+            if v is not None and not isinstance(v, bool)]
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(REPO / "tune.py"),
+                             *argv, "--no-progress"], capture_output=True, text=True, env=_fresh_env(), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
+                               rtol=1e-5, atol=1e-6)
+    for a, b in zip(_lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == b["lr"]
+    assert two["final"]["accuracy"] == one["final"]["accuracy"]
+    assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=1e-4)
+
+
+def _fresh_env() -> dict:
+    """This process's environment without the rank variables an in-process run() has set (a child
+    that inherited them would try to join this process's process group)."""
+    rank_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    return {k: v for k, v in os.environ.items() if k not in rank_vars}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
