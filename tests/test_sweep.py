@@ -58,3 +58,20 @@ def test_bad_sweep_configs(tmp_path, sweep_yaml, capsys):
         run_sweep(config)
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read sweep config" in capsys.readouterr().err
+
+
+def test_reuse_tolerates_fields_added_at_their_default(tmp_path):
+    import dataclasses
+
+    from tsloss_harness.sweep import _finished
+    from tsloss_harness.tune import TuneConfig
+
+    resolved = dataclasses.asdict(TuneConfig(model="m", seed=3))
+    stored = dict(resolved)
+    del stored["max_grad_norm"]  # as if the run predates the field; the new value is its default
+    (tmp_path / "summary.json").write_text(json.dumps({"config": stored, "steps": 1}))
+    assert _finished(tmp_path, resolved) == {"config": stored, "steps": 1}
+    assert _finished(tmp_path, {**resolved, "max_grad_norm": 0.5}) is None  # not the default: redo
+    assert _finished(tmp_path, {**resolved, "seed": 4}) is None
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {**resolved, "gone": 1}}))
+    assert _finished(tmp_path, resolved) is None  # a field that no longer exists: redo

@@ -88,11 +88,28 @@ def _data_dir(config: SweepConfig, dataset: str, seed: int, num_rows: int) -> st
 
 
 def _finished(run_dir: Path, resolved: dict) -> dict | None:
+    """The run's summary if it finished with the same tuner config, else None.
+
+    A setting the stored config lacks (a field added to TuneConfig since) counts as equal when the
+    new value is that field's default: the old run trained exactly that way.
+    """
+    from tsloss_harness.tune import TuneConfig
+
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return summary if summary.get("config") == resolved else None
+    stored = summary.get("config")
+    if not isinstance(stored, dict) or set(stored) - set(resolved):
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(TuneConfig) if f.default is not dataclasses.MISSING}
+    for key, value in resolved.items():
+        if key in stored:
+            if stored[key] != value:
+                return None
+        elif key not in defaults or defaults[key] != value:
+            return None
+    return summary
 
 
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
