@@ -173,6 +173,32 @@ def test_prefix_tuning_adapters_use_the_same_directory(tmp_path, tiny_llama_dir)
     assert torch.equal(_peft_prompt(tiny_llama_dir, out), prefix * 2)
 
 
+def test_prefix_projection_adapters_load_as_their_prefix(tmp_path, tiny_llama_dir, model_config):
+    # Prefix-Tuning trains P rows through an MLP; PEFT saves the MLP's output, the prefix itself, which
+    # loads into the inference-mode encoder: load_prompt returns it, save_prompt writes it back.
+    from peft import PeftModel, get_peft_model
+
+    from tsloss_harness.prompt import expected_embedding_shape, make_method_config
+
+    config = make_method_config("prefix", str(tiny_llama_dir), model_config, num_virtual_tokens=3, encoder_hidden_size=8)
+    d_kv = model_config.num_key_value_heads * model_config.head_dim
+    assert (config.prefix_projection, config.token_dim, config.encoder_hidden_size) == (True, d_kv, 8)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(_base_model(tiny_llama_dir), config)
+    assert peft_model.peft_config["default"].token_dim == d_kv  # PEFT resolves grouped-query attention the same way
+    peft_model.save_pretrained(tmp_path / "peft")
+    prefix = load_prompt(tmp_path / "peft")
+    assert prefix.shape == expected_embedding_shape(config) == (3, model_config.num_hidden_layers * 2 * d_kv)
+    torch.testing.assert_close(prefix, peft_model.get_prompt_embedding_to_save("default"))
+    out = save_prompt(tmp_path / "ours", prefix * 2, peft_config=load_peft_config(tmp_path / "peft"), provenance={})
+    reloaded = PeftModel.from_pretrained(_base_model(tiny_llama_dir), str(out))
+    assert torch.equal(reloaded.prompt_encoder["default"].embedding.weight, prefix * 2)
+    with pytest.raises(ValueError, match="unknown method 'lora'"):
+        make_method_config("lora", None, model_config, num_virtual_tokens=3)
+    with pytest.raises(ValueError, match="encoder_hidden_size is for method 'prefix'"):
+        make_method_config("ptuning_v2", None, model_config, num_virtual_tokens=3, encoder_hidden_size=8)
+
+
 # -------------------------------------------------------------------------------- provenance
 
 

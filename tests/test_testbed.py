@@ -19,12 +19,6 @@ def cache_root(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "testbeds"
 
 
-@pytest.fixture(scope="session")
-def quick_testbed_dir(tmp_path_factory) -> Path:
-    """The "quick" testbed (llama, generated corpus, seed 0), built once per session outside any cache."""
-    return testbed.build_testbed(tmp_path_factory.mktemp("quick") / "llama", size="quick", cache=False, progress=False)
-
-
 def _few_steps(out_dir, corpus, **kw) -> Path:
     """A handful of steps on the small generated file corpus: fast, still exercises the whole build."""
     return testbed.build_testbed(out_dir, corpus=corpus, size="quick", steps=3, progress=False, **kw)

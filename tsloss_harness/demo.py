@@ -1,93 +1,333 @@
-"""``tsloss demo``: tune a TSLoss prompt end to end on this machine in a few minutes, offline.
+"""``tsloss demo``: the project's whole job on its built-in testbed, offline, in a few minutes on a CPU.
 
-By default it builds the tiny random-weight llama of :mod:`tsloss_harness.tiny` (cached under
-``$TSLOSS_CACHE`` or ``~/.cache/tsloss_harness``), generates GSM8K-format rows, tunes a 20-token
-prompt with TSLoss for a few dozen steps in one process and prints the run directory
-(``metrics.jsonl``, ``summary.json``, ``prompt/``). ``--model`` takes any causal LM directory instead.
+    tsloss demo                       # testbed -> data -> TSLoss prompt -> lm-eval with/without it -> report
+
+1. testbed: the "quick" pretrained tiny llama (:func:`tsloss_harness.testbed.build_testbed`, cached under
+   ``$TSLOSS_CACHE``) -- a random-weight model cannot be steered by a prompt, a pretrained one can;
+2. data: GSM8K-format rows from the testbed's own generator and seed, i.e. the first rows of its
+   pretraining corpus, which are exactly the slice its build held out (never trained on);
+3. tune: a 20-token TSLoss prompt on those rows (the testbed's tuner settings, fewer steps);
+4. score: the stock ``lm_eval`` CLI on the same rows (the paper's single/multi-sample setting measures
+   training-set accuracy), 0-shot greedy, once as ``--model tsprompt`` with the prompt and once as
+   ``--model hf`` without it, through the offline ``gsm8k`` task in ``tasks/offline``;
+5. report: ``tsloss report`` of the tuner run as one HTML page.
+
+Everything lands in one folder (default ``runs/demo-<time>``)::
+
+    data/train.jsonl, data/test.jsonl     the rows (test = train: the scored rows are the tuned rows)
+    tune/                                 the tuner run (metrics.jsonl, summary.json, prompt/, checkpoints/)
+    lm_eval/tsprompt/, lm_eval/hf/        lm-eval results JSON (+ samples) with and without the prompt
+    report.html                           the report of tune/
+    demo.json                             the summary printed at the end, phase timings included
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TSLOSS_CACHE") or Path.home() / ".cache" / "tsloss_harness")
-
-
-def default_model() -> Path:
-    """The tiny llama fixture, built once into the cache."""
-    from tsloss_harness import tiny
-
-    path = cache_dir() / "tiny-llama"
-    if not (path / "config.json").is_file():
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tiny.build_tiny_model("llama", tmp)
-        tmp.rename(path)  # whole or absent: a half-built model is never picked up
-    return path
+# Both on the demo's local rows (tasks/offline): the harness's gsm8k task (greedy generation, exact match
+# of the final number) and the answer's log-likelihood (NLL in nats; 1 when the whole answer is greedy).
+TASKS = ("gsm8k_offline", "gsm8k_answer_offline")
+_RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def demo_data(num_rows: int, seed: int) -> Path:
-    from tsloss_harness import tiny
+class DemoError(RuntimeError):
+    """A failed demo phase; the message is one line naming it."""
 
-    path = cache_dir() / f"demo-gsm8k-{num_rows}-{seed}"
-    if not (path / "train.jsonl").is_file():
-        tiny.write_jsonl(tiny.generate_gsm8k_rows(num_rows, seed=seed), path / "train.jsonl")
-    return path
+
+def default_tasks_dir() -> Path:
+    """``tasks/`` of the source checkout this package runs from (installed editable or run in place)."""
+    return Path(__file__).resolve().parents[1] / "tasks"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsloss demo", description=(
+        "The whole job on the built-in testbed, offline: build (cached) the quick testbed, tune a TSLoss prompt "
+        "on its held-out GSM8K-format rows, score those rows with lm_eval with the prompt (tsprompt) and "
+        "without it (hf), write the HTML report."))
+    parser.add_argument("--model", help="any causal LM directory instead of the testbed (then --testbed is unused)")
+    parser.add_argument("--testbed", default="quick", help="testbed size preset: quick | default (default: quick, ~1 min to build)")
+    parser.add_argument("--output_dir", help="demo folder (default: runs/demo-<time>); must not exist or be empty")
+    parser.add_argument("--steps", type=int, default=100, help="tuning steps (default: 100)")
+    parser.add_argument("--num_samples", type=int, default=1, help="training rows, all scored by lm-eval (default: 1, the paper's single-sample setting)")
+    parser.add_argument("--lr", type=float, default=None, help="prompt learning rate (default: the testbed's TUNE_DEFAULTS, 0.01)")
+    parser.add_argument("--regularizer", default="tsloss", help="tsloss | h0 | h1 | l2 | pdloss | none | ph_exact (default: tsloss)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt's initialisation and batch order")
+    parser.add_argument("--include_path", help="lm-eval task folder holding offline/gsm8k_offline.yaml (default: the checkout's tasks/)")
+    parser.add_argument("--batch_size", type=int, default=8, help="lm-eval batch size (default: 8)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for tuning and for each of the two lm-eval processes (default: 1; "
+                        "a tiny model's ops are too small to gain from more, and on busy cores multi-threaded "
+                        "generation slows down many-fold)")
+    parser.add_argument("--skip_eval", action="store_true", help="no lm-eval scoring (tune and report only)")
+    parser.add_argument("--no_report", action="store_true", help="no HTML report")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsloss demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="causal LM directory (default: the tiny llama, built into the cache)")
-    parser.add_argument("--output_dir", help="run directory (default: runs/demo-<time>)")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--num_samples", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=0.01, help="larger than the paper's 5e-5: a few dozen steps only")
-    parser.add_argument("--regularizer", default="tsloss")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    from tsloss_harness.data import DataError
-    from tsloss_harness.tune import TuneConfig, TuneError, run
-
-    output_dir = args.output_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    print("building the tiny model and data..." if not args.model else "preparing data...", flush=True)
-    model = args.model or str(default_model())
-    config = TuneConfig(
-        model=model,
-        dataset="gsm8k",
-        data_dir=str(demo_data(args.num_samples, args.seed)),
-        num_samples=args.num_samples,
-        output_dir=output_dir,
-        regularizer=args.regularizer,
-        batch_size=8,
-        max_steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        eval_every=args.steps // 2,
-        eval_max_samples=args.num_samples,
-        topology_every=10,
-    )
+    args = build_parser().parse_args(argv)
     try:
-        summary = run(config)
-    except (DataError, TuneError) as e:
+        summary = run_demo(args)
+    except DemoError as e:
         print(f"tsloss demo: {e}", file=sys.stderr)
         return 2
-    import json
-
-    first = json.loads((Path(output_dir) / "metrics.jsonl").read_text().splitlines()[0])
-    final = summary["final"]
-    print(
-        f"tuned a {config.num_virtual_tokens}-token {config.regularizer} prompt for {summary['steps']} steps "
-        f"in {summary['wall_time_s']:.0f} s: loss {first['loss']:.4f} -> {final['loss']:.4f}, "
-        f"training accuracy {final.get('accuracy')}"
-    )
-    print(f"run directory: {Path(output_dir).resolve()}")
+    print_summary(summary)
     return 0
+
+
+# ------------------------------------------------------------------------------------------ phases
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from tsloss_harness import testbed as tb
+
+    for name in ("steps", "num_samples", "batch_size", "threads"):
+        if getattr(args, name) < 1:
+            raise DemoError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.model and args.testbed not in tb.SIZES:
+        raise DemoError(f"unknown testbed size {args.testbed!r} (choose {', '.join(tb.SIZES)})")
+    out = Path(args.output_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DemoError(f"output directory is not empty: {out}")
+    tasks_dir = Path(args.include_path) if args.include_path else default_tasks_dir()
+    missing = [t for t in TASKS if not (tasks_dir / "offline" / f"{t}.yaml").is_file()]
+    if not args.skip_eval and missing:
+        raise DemoError(f"no lm-eval task {missing[0]} under {tasks_dir} (give --include_path, or --skip_eval)")
+    if args.model and not Path(args.model).expanduser().is_dir():
+        raise DemoError(f"model directory not found: {args.model}")
+    timings: dict[str, float] = {}
+    summary: dict = {"output_dir": str(out.resolve()), "timings_s": timings}
+    started = time.perf_counter()
+
+    # 1. the model
+    t0 = time.perf_counter()
+    if args.model:
+        model = Path(args.model).expanduser().resolve()
+    else:
+        _say(f"[1/5] testbed: {args.testbed} (cached under {tb.default_cache_root()})")
+        try:
+            model = tb.build_testbed(size=args.testbed, seed=0)
+        except tb.TestbedError as e:
+            raise DemoError(f"testbed: {e}") from None
+    card_file = model / tb.CARD_NAME  # present when the model is a testbed
+    card = json.loads(card_file.read_text()) if card_file.is_file() else None
+    summary["model"] = {"path": str(model), "testbed": card and card["size"]}
+    row_seed = args.seed
+    if card and card["corpus"]["kind"] == "generated":
+        # A testbed's generated corpus starts with the slice its build held out (never trained on):
+        # the same generator and seed give exactly those rows.
+        held_out = max(1, card["corpus"]["rows"] // 50)
+        if args.num_samples > held_out:
+            raise DemoError(f"--num_samples {args.num_samples}: the testbed holds out only {held_out} rows")
+        row_seed = card["seed"]
+        summary["model"].update(testbed_build_s=card["wall_s"], testbed_val_loss=card["val_loss"])
+    timings["model"] = time.perf_counter() - t0
+
+    # 2. the data: the rows tuned on are the rows lm-eval scores
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    from tsloss_harness import tiny
+
+    rows = tiny.generate_gsm8k_rows(args.num_samples, seed=row_seed)
+    data_dir = out / "data"
+    tiny.write_jsonl(rows, data_dir / "train.jsonl")
+    tiny.write_jsonl(rows, data_dir / "test.jsonl")
+    summary["data"] = {"dir": str(data_dir.resolve()), "rows": len(rows), "generator_seed": row_seed}
+    timings["data"] = time.perf_counter() - t0
+    _say(f"[2/5] data: {len(rows)} generated GSM8K-format row(s) -> {data_dir}")
+
+    # 3. tune
+    t0 = time.perf_counter()
+    summary["tune"] = _tune(args, model, data_dir, out / "tune")
+    timings["tune"] = time.perf_counter() - t0
+
+    # 4. lm-eval, with and without the prompt
+    if not args.skip_eval:
+        t0 = time.perf_counter()
+        # Without the rendezvous variables the tuner set for its one-rank DeepSpeed group in this
+        # process: lm-eval would otherwise try to join it (and fail on the port still in use).
+        env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
+        env.update(OFFLINE_ENV, TSLOSS_GSM8K_DIR=str(data_dir.resolve()), OMP_NUM_THREADS=str(args.threads),
+                   MKL_NUM_THREADS=str(args.threads))
+        common = ["--tasks", ",".join(TASKS), "--include_path", str(tasks_dir.resolve()), "--num_fewshot", "0",
+                  "--batch_size", str(args.batch_size), "--log_samples"]
+        prompt_dir = (out / "tune" / "prompt").resolve()
+        runs = {
+            "tsprompt": ["--model", "tsprompt", "--model_args", f"pretrained={model},prompt={prompt_dir}"],
+            "hf": ["--model", "hf", "--model_args", f"pretrained={model}"],
+        }
+        _say(f"[4/5] lm-eval: {', '.join(TASKS)} (0-shot, greedy) on the tuned rows, with the prompt (tsprompt) "
+             "and without it (hf), side by side")
+        summary["lm_eval"] = _lm_eval_pair(runs, common, out / "lm_eval", env)
+        timings["lm_eval"] = time.perf_counter() - t0
+
+    # 5. report
+    if not args.no_report:
+        t0 = time.perf_counter()
+        from tsloss_harness import report
+
+        html = out / "report.html"
+        _say(f"[5/5] report: tsloss report {out / 'tune'} -o {html}")
+        if report.main([str(out / "tune"), "-o", str(html), "--title", "tsloss demo: " + summary["tune"]["label"]]) != 0:
+            raise DemoError("tsloss report failed (see above)")
+        summary["report"] = str(html.resolve())
+        timings["report"] = time.perf_counter() - t0
+
+    timings["total"] = time.perf_counter() - started
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _tune(args, model: Path, data_dir: Path, run_dir: Path) -> dict:
+    import logging
+
+    import transformers
+
+    from tsloss_harness.data import DataError
+    from tsloss_harness.testbed import TUNE_DEFAULTS
+    from tsloss_harness.tune import TuneConfig, TuneError, run
+
+    steps = args.steps
+    config = TuneConfig(
+        model=str(model),
+        dataset="gsm8k",
+        data_dir=str(data_dir),
+        num_samples=args.num_samples,
+        output_dir=str(run_dir),
+        regularizer=args.regularizer,
+        batch_size=min(args.num_samples, 8),
+        max_steps=steps,
+        lr=args.lr if args.lr is not None else TUNE_DEFAULTS["lr"],
+        seed=args.seed,
+        # Generation-based accuracy is the costly part of a step log: ~5 points feed the curves and
+        # Table II; topology is cheap. Four checkpoints give the report its diagrams and heatmaps.
+        eval_every=max(1, steps // 5),
+        eval_max_samples=args.num_samples,
+        topology_every=max(1, steps // 10),
+        save_every=max(1, steps // 4),
+    )
+    _say(f"[3/5] tune: {config.num_virtual_tokens}-token {config.regularizer} prompt, {steps} steps, lr {config.lr}, "
+         f"batch {config.batch_size} -> {run_dir}")
+    # As `tsloss tune` does: libraries' INFO chatter and load bars off, the tuner's own bar stays.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        result = run(config)
+    except (DataError, TuneError) as e:
+        raise DemoError(f"tune: {e}") from None
+    finally:
+        torch.set_num_threads(threads)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    first, final = metrics[0], result["final"]
+    return {
+        "run_dir": str(run_dir.resolve()),
+        "prompt_dir": str((run_dir / "prompt").resolve()),
+        "label": f"{config.num_virtual_tokens}-token {config.regularizer} prompt, {args.num_samples} row(s), {steps} steps",
+        "steps": result["steps"],
+        "ce_first": first["ce"],
+        "ce_final": final["ce"],
+        "loss_first": first["loss"],
+        "loss_final": final["loss"],
+        "accuracy_final": final.get("accuracy"),
+        "converged_step": result["converged_step"],
+        "wall_time_s": result["wall_time_s"],
+    }
+
+
+def _lm_eval_pair(runs: dict[str, list[str]], common: list[str], root: Path, env: dict) -> dict:
+    """Both lm-eval runs at once: each is mostly start-up (imports, task loading) on one core."""
+    procs = {}
+    for name, model_args in runs.items():
+        out = root / name
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = ["lm_eval", *model_args, *common, "--output_path", str(out.resolve())]
+        (out / "command.txt").write_text(shlex.join(cmd) + "\n")
+        log = open(out / "lm_eval.log", "w")
+        # The lm_eval next to this interpreter: the venv's, with tsprompt registered by the package's .pth hook.
+        exe = Path(sys.executable).with_name("lm_eval")
+        procs[name] = (subprocess.Popen([str(exe) if exe.is_file() else "lm_eval", *cmd[1:]], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env), log, out, cmd)
+    results = {}
+    for name, (proc, log, out, cmd) in procs.items():
+        rc = proc.wait()
+        log.close()
+        if rc != 0:
+            tail = (out / "lm_eval.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise DemoError(f"lm_eval --model {name} exited with {rc}: {tail[0]} (log: {out / 'lm_eval.log'})")
+        results[name] = _read_results(out, cmd)
+    return results
+
+
+def _read_results(out: Path, cmd: list[str]) -> dict:
+    found = sorted(out.rglob("results_*.json"))
+    if not found:
+        raise DemoError(f"lm_eval wrote no results JSON under {out}")
+    data = json.loads(found[-1].read_text())
+    generated, answer = data["results"]["gsm8k"], data["results"]["gsm8k_answer_offline"]
+    entry = {
+        "command": shlex.join(cmd),
+        "results_json": str(found[-1].resolve()),
+        "exact_match_strict": generated.get("exact_match,strict-match"),
+        "exact_match_flexible": generated.get("exact_match,flexible-extract"),
+        "answer_nll": answer.get("answer_nll,none"),
+        "greedy_answer": answer.get("greedy_answer,none"),
+        "n": data.get("n-samples", {}).get("gsm8k", {}).get("effective"),
+    }
+    samples = sorted(out.rglob("samples_gsm8k_2*.jsonl"))
+    if samples:
+        first = json.loads(samples[-1].read_text().splitlines()[0])
+        entry["first_generation"] = first["resps"][0][0]
+    tsprompt = data.get("config", {}).get("tsprompt")
+    if tsprompt:
+        entry["topology"] = tsprompt["topology"]
+    return entry
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def print_summary(s: dict) -> None:
+    t, tune = s["timings_s"], s["tune"]
+    lines = ["", "tsloss demo: done", f"  folder:  {s['output_dir']}"]
+    model = s["model"]
+    lines.append(f"  model:   {model['path']}" + (f" (testbed {model['testbed']})" if model["testbed"] else ""))
+    lines.append(f"  tuned:   {tune['label']}: CE {tune['ce_first']:.4f} -> {tune['ce_final']:.4f}, "
+                 f"training accuracy {_pct(tune['accuracy_final'])}"
+                 + (f", 100% first at step {tune['converged_step']}" if tune["converged_step"] else ""))
+    lines.append(f"  prompt:  {tune['prompt_dir']}")
+    if "lm_eval" in s:
+        for name, label in (("tsprompt", "with prompt   "), ("hf", "without prompt")):
+            r = s["lm_eval"][name]
+            lines.append(f"  lm-eval {label}: gsm8k exact match {_pct(r['exact_match_strict'])} (strict), "
+                         f"{_pct(r['exact_match_flexible'])} (flexible); answer NLL {r['answer_nll']:.2f} nats, "
+                         f"whole answer greedy {_pct(r['greedy_answer'])} (n={r['n']})")
+            lines.append(f"           {r['results_json']}")
+    if "report" in s:
+        lines.append(f"  report:  {s['report']}")
+    lines.append("  time:    " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    print("\n".join(lines), flush=True)
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ bare ``.safetensors`` / ``.pt`` tensor of shape [P, d] or [1, P, d]
 (``tsloss_harness.prompt.load_prompt``). The model is wrapped in a PEFT prompt-tuning ``PeftModel``
 holding that matrix, exactly as ``--model hf --model_args peft=<adapter>`` would load it, and the
 virtual tokens sit where PEFT prompt tuning puts them: in front of the input embeddings, attention
-mask extended, for ``loglikelihood``, ``loglikelihood_rolling`` and ``generate_until``.
+mask extended, for ``loglikelihood``, ``loglikelihood_rolling`` and ``generate_until``. A prompt
+directory (or PEFT adapter) of Prefix-Tuning / P-Tuning v2 (``PREFIX_TUNING``, the tuner's
+``--method prefix`` / ``ptuning_v2``) is wrapped as PEFT's prefix-tuning ``PeftModel`` instead: its
+matrix [P, L*2*d_kv] is the key/value prefix of every layer.
 
 What differs from ``hf,peft=`` is only how that is computed. The virtual tokens attend to nothing
 but each other, so their keys and values are the same for every input: they are computed once and
 every forward pass and every ``generate`` continues from that cache, running the model on the text
-alone (no P extra positions in each layer, the LM head and HFLM's log-softmax). Loglikelihoods equal
+alone (no P extra positions in each layer, the LM head and HFLM's log-softmax). A prefix already is
+such a cache: it is PEFT's own ``get_prompt`` output, built once. Loglikelihoods equal
 ``hf,peft=``'s to float tolerance and generations are the same tokens. Two deliberate differences:
 generation takes positions from the attention mask, so left padding never shifts them and outputs do
 not depend on ``--batch_size`` (PEFT's prompt-tuning ``generate`` drops position ids; the two agree
@@ -39,7 +43,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from tsloss_harness.prompt import PromptLoadError, load_prompt, load_provenance
+from tsloss_harness.prompt import ADAPTER_CONFIG_NAME, PromptLoadError, load_peft_config, load_prompt, load_provenance
 
 __all__ = ["TSPromptLM", "format_topology_table", "prompt_report"]
 
@@ -61,6 +65,12 @@ class TSPromptLM(HFLM):
         # Read (and validate) the prompt before the model is loaded: a bad file fails in a second.
         self.prompt_embeddings = load_prompt(prompt)
         self.num_virtual_tokens = int(self.prompt_embeddings.shape[0])
+        # A prefix adapter's config says how its matrix is laid out; every other prompt is input embeddings.
+        self._prefix_config = None
+        if Path(prompt).is_dir() and (Path(prompt) / ADAPTER_CONFIG_NAME).is_file():
+            adapter_config = load_peft_config(prompt)
+            if adapter_config.peft_type == "PREFIX_TUNING":
+                self._prefix_config = adapter_config
         self._topology_enabled = _as_bool(topology)
         self._report: dict | None = None
         self._prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, batch 1
@@ -82,6 +92,8 @@ class TSPromptLM(HFLM):
 
         if self.backend != "causal":
             raise ValueError(f"tsprompt: soft prompts need a decoder-only model, got a {self.backend} model")
+        if self._prefix_config is not None:
+            return self._attach_prefix(model)
         width = model.get_input_embeddings().weight.shape[1]
         p, d = self.prompt_embeddings.shape
         if d != width:
@@ -104,6 +116,34 @@ class TSPromptLM(HFLM):
         peft_config.inference_mode = True
         wrapped = get_peft_model(model, peft_config)
         # The same state-dict path PeftModel.from_pretrained takes, so dtype/device handling match.
+        set_peft_model_state_dict(wrapped, {EMBEDDINGS_KEY: self.prompt_embeddings})
+        return wrapped
+
+    def _attach_prefix(self, model: torch.nn.Module) -> torch.nn.Module:
+        """PEFT's prefix-tuning ``PeftModel`` in inference mode, as ``PeftModel.from_pretrained`` builds it
+        (for ``prefix_projection`` adapters too: PEFT stores the MLP's output, the prefix itself)."""
+        import copy
+
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        from tsloss_harness.prompt import EMBEDDINGS_KEY, make_method_config
+
+        config = model.config
+        vocab_size = getattr(getattr(config, "text_config", config), "vocab_size", None)
+        if vocab_size is not None and vocab_size != len(self.tokenizer):
+            model.resize_token_embeddings(len(self.tokenizer))
+        fits = make_method_config("ptuning_v2", None, config, num_virtual_tokens=self.num_virtual_tokens)
+        p, d = self.prompt_embeddings.shape
+        width = fits.num_layers * 2 * fits.token_dim
+        adapter = self._prefix_config
+        if d != width or (adapter.num_layers, adapter.token_dim) != (fits.num_layers, fits.token_dim):
+            raise PromptLoadError(
+                f"{self.prompt_path}: prefix width {d} ({adapter.num_layers} layers x 2 x {adapter.token_dim}) does not "
+                f"match the model's key/value width {width} ({fits.num_layers} layers x 2 x {fits.token_dim})"
+            )
+        peft_config = copy.deepcopy(adapter)
+        peft_config.inference_mode = True
+        wrapped = get_peft_model(model, peft_config)
         set_peft_model_state_dict(wrapped, {EMBEDDINGS_KEY: self.prompt_embeddings})
         return wrapped
 
@@ -175,6 +215,10 @@ class TSPromptLM(HFLM):
     def _prompt_cache(self, base: torch.nn.Module, batch_size: int):
         from transformers import DynamicCache
 
+        if self._prompt_kv is None and self._prefix_config is not None:
+            with torch.no_grad():
+                cache = self._model.get_prompt(1)  # PEFT's own layout of the prefix, model dtype and device
+            self._prompt_kv = [tuple(layer[:2]) for layer in cache]
         if self._prompt_kv is None:
             embedding = base.get_input_embeddings().weight
             prompt = self.prompt_embeddings.to(device=embedding.device, dtype=embedding.dtype)[None]

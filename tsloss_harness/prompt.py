@@ -11,8 +11,14 @@ so ``PeftModel.from_pretrained(base_model, prompt_dir)`` and lm-eval's ``--model
 PEFT prompt-learning adapter, or a bare tensor file (``.safetensors``, ``.pt`` such as the paper's
 authors' ``[1, P, d]``) and returns the ``[P, d]`` matrix; nothing beyond tensors is ever unpickled.
 
-Prefix tuning and P-tuning v2 store ``prompt_embeddings`` too ([P, num_layers*2*token_dim]); they
-join through ``expected_embedding_shape`` without changing this API.
+Prefix-Tuning (``method="prefix"``, PEFT ``PrefixTuningConfig(prefix_projection=True)``) and P-Tuning
+v2 (``method="ptuning_v2"``, ``prefix_projection=False``) adapters store ``prompt_embeddings`` too, as
+PEFT saves them: the key/value prefix itself, [P, num_layers*2*token_dim] with ``token_dim`` = the
+model's key/value width (num_key_value_heads * head_dim; PEFT sizes it so for grouped-query
+attention). One row per virtual token: every layer's key then value, heads then head_dim. For
+``prefix`` that is the reparameterisation MLP's output (PEFT saves that and drops the MLP, whatever
+``inference_mode``), so ``load_prompt`` returns the same kind of matrix for both: the prefix the
+decoder sees, which is also what the regularizers and ``prompt_topology`` see.
 """
 
 from __future__ import annotations
@@ -38,13 +44,17 @@ __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "EMBEDDINGS_KEY",
+    "PROMPT_METHODS",
     "PROVENANCE_NAME",
     "PromptLoadError",
     "expected_embedding_shape",
     "load_peft_config",
     "load_prompt",
     "load_provenance",
+    "make_method_config",
+    "make_prefix_config",
     "make_prompt_config",
+    "method_of",
     "save_prompt",
     "save_raw_prompt",
 ]
@@ -57,6 +67,10 @@ EMBEDDINGS_KEY = "prompt_embeddings"  # the key PEFT's prompt-learning encoders 
 PROVENANCE_FORMAT = 1
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+# The tuner's --method values: soft prompt (Lester et al.), Prefix-Tuning (Li & Liang, MLP
+# reparameterisation), P-Tuning v2 (Liu et al., deep prompts: a free key/value prefix at every layer).
+PROMPT_METHODS = ("prompt", "prefix", "ptuning_v2")
 
 
 class PromptLoadError(ValueError):
@@ -109,6 +123,98 @@ def make_prompt_config(
     )
 
 
+def make_prefix_config(
+    base_model_name_or_path: str | os.PathLike | None,
+    *,
+    num_virtual_tokens: int,
+    num_layers: int,
+    num_key_value_heads: int,
+    head_dim: int,
+    projection: bool,
+    encoder_hidden_size: int | None = None,
+):
+    """The ``peft.PrefixTuningConfig`` (CAUSAL_LM) of a prefix: ``projection=True`` is Prefix-Tuning
+    (an MLP maps P free rows to the prefix), ``False`` P-Tuning v2 (the prefix is the parameter).
+
+    ``token_dim``/``num_attention_heads`` are the key/value width and heads, written out as PEFT's
+    ``_prepare_prompt_learning_config`` resolves them for grouped-query attention (idempotent there),
+    so the config on disk says exactly how the stored [P, num_layers*2*token_dim] matrix is laid out.
+    ``encoder_hidden_size`` (the MLP's hidden width) defaults to PEFT's choice, ``token_dim``.
+    """
+    from peft import PrefixTuningConfig, TaskType
+
+    for name, value in (
+        ("num_virtual_tokens", num_virtual_tokens),
+        ("num_layers", num_layers),
+        ("num_key_value_heads", num_key_value_heads),
+        ("head_dim", head_dim),
+        ("encoder_hidden_size", 1 if encoder_hidden_size is None else encoder_hidden_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    token_dim = num_key_value_heads * head_dim
+    return PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        base_model_name_or_path=None if base_model_name_or_path is None else str(base_model_name_or_path),
+        num_virtual_tokens=num_virtual_tokens,
+        token_dim=token_dim,
+        num_layers=num_layers,
+        num_attention_heads=num_key_value_heads,
+        num_transformer_submodules=1,
+        prefix_projection=bool(projection),
+        encoder_hidden_size=token_dim if encoder_hidden_size is None else encoder_hidden_size,
+    )
+
+
+def make_method_config(
+    method: str,
+    base_model_name_or_path: str | os.PathLike | None,
+    model_config,
+    *,
+    num_virtual_tokens: int,
+    init: str = "normal",
+    encoder_hidden_size: int | None = None,
+):
+    """The PEFT config of ``method`` (one of ``PROMPT_METHODS``) for a model with ``model_config``
+    (a transformers config; its text config is read for multimodal ones)."""
+    if method not in PROMPT_METHODS:
+        raise ValueError(f"unknown method {method!r} (choose {', '.join(PROMPT_METHODS)})")
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    hidden, heads = int(text.hidden_size), int(text.num_attention_heads)
+    if method == "prompt":
+        return make_prompt_config(
+            base_model_name_or_path,
+            num_virtual_tokens=num_virtual_tokens,
+            token_dim=hidden,
+            num_layers=int(text.num_hidden_layers),
+            num_attention_heads=heads,
+            init=init,
+        )
+    if encoder_hidden_size is not None and method != "prefix":
+        raise ValueError(f"encoder_hidden_size is for method 'prefix' (its MLP), not {method!r}")
+    return make_prefix_config(
+        base_model_name_or_path,
+        num_virtual_tokens=num_virtual_tokens,
+        num_layers=int(text.num_hidden_layers),
+        num_key_value_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=int(getattr(text, "head_dim", None) or hidden // heads),
+        projection=method == "prefix",
+        encoder_hidden_size=encoder_hidden_size,
+    )
+
+
+def method_of(peft_config) -> str:
+    """The ``PROMPT_METHODS`` name of a PEFT prompt-learning config (P-tuning's prompt encoder counts
+    as ``prompt``: its output enters as input embeddings)."""
+    from peft import PeftType
+
+    if peft_config.peft_type == PeftType.PREFIX_TUNING:
+        return "prefix" if peft_config.prefix_projection else "ptuning_v2"
+    if peft_config.peft_type in (PeftType.PROMPT_TUNING, PeftType.P_TUNING):
+        return "prompt"
+    raise ValueError(f"no prompt method for peft_type {getattr(peft_config.peft_type, 'value', peft_config.peft_type)!s}")
+
+
 def expected_embedding_shape(peft_config) -> tuple[int, int]:
     """Shape of ``prompt_embeddings`` that ``PeftModel.from_pretrained`` accepts for ``peft_config``."""
     from peft import PeftType
@@ -117,8 +223,10 @@ def expected_embedding_shape(peft_config) -> tuple[int, int]:
     submodules = peft_config.num_transformer_submodules or 1
     if peft_type in (PeftType.PROMPT_TUNING, PeftType.P_TUNING):
         return (peft_config.num_virtual_tokens * submodules, peft_config.token_dim)
-    if peft_type == PeftType.PREFIX_TUNING and not peft_config.prefix_projection:
-        # PrefixEncoder without projection: one row per virtual token holding every layer's key and value.
+    if peft_type == PeftType.PREFIX_TUNING:
+        # One row per virtual token holding every layer's key and value. With prefix_projection PEFT
+        # saves the MLP's output (get_prompt_embedding_to_save), which loads into the inference-mode
+        # encoder: the same shape either way.
         return (peft_config.num_virtual_tokens, peft_config.num_layers * 2 * peft_config.token_dim)
     raise ValueError(f"prompt directories do not support peft_type {getattr(peft_type, 'value', peft_type)!s} yet")
 

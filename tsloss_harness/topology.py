@@ -68,10 +68,22 @@ def prompt_topology(points: Any, max_edge_length: float | None = None, maxdim: i
 
 
 def euclidean_distances(x: np.ndarray) -> np.ndarray:
-    """[P, P] exact Euclidean distances in float64 (scipy's pdist: no BLAS threads, no cancellation)."""
-    from scipy.spatial.distance import pdist, squareform
+    """[P, P] Euclidean distances in float64: symmetric, zero diagonal, 0 exactly for equal rows.
 
-    return squareform(pdist(x))
+    One BLAS product of the centred rows (|a|² + |b|² - 2a·b), ~5x faster than scipy's pdist at
+    P=100, d=4096. Where that form cancels (d² below 1e-6 of |a|² + |b|²), the pair is recomputed
+    from the difference of the rows, so every distance is within ~1e-9 relative of the exact one,
+    far inside the float32 that ripser computes in.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    centred = x - x.mean(axis=0) if len(x) else x
+    norms = np.einsum("ij,ij->i", centred, centred)
+    scale = norms[:, None] + norms[None, :]
+    d2 = scale - 2.0 * (centred @ centred.T)
+    i, j = np.nonzero(np.triu(d2 <= 1e-6 * scale, 1))
+    d2[i, j] = np.einsum("ij,ij->i", x[i] - x[j], x[i] - x[j])
+    d = np.sqrt(np.maximum(np.triu(d2, 1), 0.0))
+    return d + d.T
 
 
 def summarize_diagrams(diagrams: Sequence[Any]) -> dict[str, Any]:

@@ -25,6 +25,24 @@ How a step is computed (and why 1 rank and N ranks train the same thing):
   ZeRO-3 has gathered the (otherwise partitioned) parameter, so it always sees the whole [P, d] matrix.
 - Targets are the answer text plus EOS: generation then stops by itself, which training-set accuracy
   by greedy generation needs (the harness also stops GSM8K at "Question:").
+
+Methods (``--method``), all trained by this same loop and saved as the same prompt directory:
+- ``prompt``: soft prompt tuning; P virtual token embeddings in front of the input. The regularized
+  matrix is the prompt, [P, d].
+- ``prefix``: Prefix-Tuning (Li & Liang; PEFT ``prefix_projection=True``): P free rows [P, d_kv]
+  through PEFT's two-layer MLP give the key/value prefix of every layer; ``ptuning_v2``: P-Tuning v2
+  (PEFT ``prefix_projection=False``), the prefix itself is the parameter. For both the regularized
+  matrix is the prefix the decoder sees, [P, L*2*d_kv] (one row per virtual token: every layer's key
+  and value; d_kv = key/value heads x head_dim): the MLP's output for ``prefix``, the table for
+  ``ptuning_v2``; it is what the prompt directory stores and ``prompt_topology`` measures. The prefix
+  enters the decoder as its key/value cache (positions of the text start at P, as in PEFT).
+- Adaptive H0/H1 weights (``--adaptive_ratio_h0/_h1 r``): each step β_H0 (β_H1) is chosen so that
+  ‖∇_M λ·β·L_H0‖ = r·‖∇_M CE‖ on the regularized matrix M. Exact in the same step: M enters the
+  decoder through an identity whose backward receives the CE gradient on M, takes its norm and adds
+  the term's gradient (computed in the forward) scaled to r times it. With several micro-batches or
+  ranks the ratio holds per micro-batch (each adds r·‖its CE gradient‖ in the term's direction), so
+  against the step's summed CE gradient it is >= r, = r when the micro-batch gradients are parallel.
+  The effective β (what the step's gradient equals λ·β·∇L times) is logged as ``beta_h0``/``beta_h1``.
 """
 
 from __future__ import annotations
@@ -46,7 +64,10 @@ __all__ = ["DEFAULT_DS_CONFIG", "TuneConfig", "TuneError", "build_parser", "load
 
 log = logging.getLogger("tsloss_harness.tune")
 
-METHODS = ("prompt",)
+METHODS = ("prompt", "prefix", "ptuning_v2")  # = prompt.PROMPT_METHODS (not imported: it loads torch)
+
+# Regularizers made of an H0 and/or an H1 term, each weighted by beta_h0 / beta_h1 (adaptive weighting).
+_HALVES = {"tsloss": ("h0", "h1"), "h0": ("h0",), "h1": ("h1",), "ph_exact": ("h0", "h1")}
 
 
 class TuneError(ValueError):
@@ -63,9 +84,13 @@ class TuneConfig:
     num_samples: int | None = None  # first N training rows (paper: 1 single-sample, 10 multi-sample); None: all
     output_dir: str = "runs/tune"
     # the prompt
-    method: str = "prompt"
+    method: str = "prompt"  # prompt | prefix (Prefix-Tuning, MLP) | ptuning_v2 (P-Tuning v2, deep prompts)
     num_virtual_tokens: int = 20
-    init: str = "normal"  # normal (N(0, 0.02²), paper) | vocab | text:<string>
+    # normal: N(0, 0.02²) (paper) of the trainable table (prompt [P, d]; prefix [P, d_kv] into the MLP;
+    # ptuning_v2 the prefix [P, L*2*d_kv]) | peft: PEFT's own init (N(0, 1) tables, torch's Linear init),
+    # seeded | vocab, text:<string>: vocabulary / string embeddings (method prompt only)
+    init: str = "normal"
+    prefix_hidden_size: int | None = None  # prefix: hidden width of the MLP; None: PEFT's default (d_kv)
     # the regularizer: loss = ce + lambda_ts * regularizer(prompt)
     regularizer: str = "tsloss"  # tsloss | h0 | h1 | l2 | pdloss | none
     lambda_ts: float = 1.0
@@ -73,6 +98,10 @@ class TuneConfig:
     alpha: float = 10.0
     beta_h0: float = 1.0
     beta_h1: float = 1.0
+    # adaptive weights: beta_h0 (beta_h1) set each step so that the term's gradient norm on the
+    # regularized matrix is this fraction of the CE gradient norm; None: the fixed beta above
+    adaptive_ratio_h0: float | None = None
+    adaptive_ratio_h1: float | None = None
     # optimisation (paper: AdamW lr 5e-5, wd 0.01, eps 1e-8, batch 8, 300 epochs, linear, 10% warm-up)
     batch_size: int = 8  # global batch, whatever the number of ranks
     micro_batch_size: int | None = None  # per rank; None: batch_size / world_size (no accumulation)
@@ -192,8 +221,26 @@ def _validate(config: TuneConfig) -> None:
         raise TuneError(f"unknown method {config.method!r} (choose {', '.join(METHODS)})")
     if config.regularizer not in REGULARIZERS:
         raise TuneError(f"unknown regularizer {config.regularizer!r} (choose {', '.join(REGULARIZERS)})")
-    if not (config.init in ("normal", "vocab") or (config.init.startswith("text:") and len(config.init) > 5)):
-        raise TuneError(f"unknown init {config.init!r} (choose normal, vocab, text:<string>)")
+    if not (config.init in ("normal", "vocab", "peft") or (config.init.startswith("text:") and len(config.init) > 5)):
+        raise TuneError(f"unknown init {config.init!r} (choose normal, peft, vocab, text:<string>)")
+    if config.method != "prompt" and config.init not in ("normal", "peft"):
+        # vocabulary rows are input embeddings; a prefix is keys/values (or the MLP's [P, d_kv] input)
+        raise TuneError(f"init {config.init!r} is for --method prompt; --method {config.method} takes normal or peft")
+    if config.prefix_hidden_size is not None and (config.method != "prefix" or config.prefix_hidden_size < 1):
+        raise TuneError(f"prefix_hidden_size must be >= 1 and is for --method prefix, got {config.prefix_hidden_size} "
+                        f"with --method {config.method}")
+    for half in ("h0", "h1"):
+        ratio = getattr(config, f"adaptive_ratio_{half}")
+        if ratio is None:
+            continue
+        if half not in _HALVES.get(config.regularizer, ()):
+            with_half = ", ".join(name for name, halves in _HALVES.items() if half in halves)
+            raise TuneError(f"adaptive_ratio_{half} needs a regularizer with an {half.upper()} term ({with_half}), "
+                            f"got {config.regularizer!r}")
+        if not (math.isfinite(ratio) and ratio >= 0):
+            raise TuneError(f"adaptive_ratio_{half} must be a finite number >= 0, got {ratio}")
+        if config.lambda_ts <= 0:
+            raise TuneError(f"adaptive_ratio_{half} needs lambda_ts > 0, got {config.lambda_ts}")
     for name in ("num_virtual_tokens", "batch_size", "epochs", "eval_batch_size", "eval_max_samples"):
         if getattr(config, name) < 1:
             raise TuneError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -230,14 +277,18 @@ def _validate(config: TuneConfig) -> None:
 # ------------------------------------------------------------------------------------ distributed
 
 
-def _ensure_distributed_env() -> None:
-    """A plain ``python tune.py`` is one rank: give DeepSpeed the environment its launcher would."""
+def _ensure_distributed_env() -> dict[str, str | None]:
+    """A plain ``python tune.py`` is one rank: give DeepSpeed the environment its launcher would.
+    Returns the previous values (None: unset) of the variables it set, for ``run`` to restore."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return
+        return {}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    values = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    return previous
 
 
 def _warmup_steps(config: TuneConfig, total_steps: int) -> int:
@@ -342,11 +393,62 @@ def _linear_cross_entropy():
     return LinearCrossEntropy
 
 
-def _loss_module(peft_model, regularizer, reg_kwargs: dict, lambda_ts: float):
+def _adaptive_gradient():
+    import torch
+
+    class AdaptiveGradient(torch.autograd.Function):
+        """Identity on the regularized matrix M on its way into the decoder. Its backward receives the
+        CE gradient on M (M's other use, the fixed-weight regularizer, is a separate branch), and adds
+        each adaptive term's gradient (computed in the forward) scaled to ``ratio * ||CE gradient||``;
+        the scales used, ``ratio * ||g_CE|| / ||g_term||``, are added to ``scales_out`` (CPU, float64).
+        The CE gradient arrives scaled as the engine scales the loss (1/grad_accum), so the added
+        gradient is too: the ratio holds in whatever units."""
+
+        @staticmethod
+        def forward(ctx, matrix, term_grads, ratios, scales_out):
+            ctx.save_for_backward(term_grads)
+            ctx.ratios, ctx.scales_out = ratios, scales_out
+            return matrix.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (term_grads,) = ctx.saved_tensors
+            ce_norm = torch.linalg.vector_norm(grad.float())
+            total = grad.float()
+            for i, ratio in enumerate(ctx.ratios):
+                norm = torch.linalg.vector_norm(term_grads[i])
+                if norm > 0:  # a term with no gradient (e.g. fewer than 2 rows) adds nothing
+                    scale = ratio * ce_norm / norm
+                    total = total + scale * term_grads[i]
+                    ctx.scales_out[i] += scale.item()
+            return total.to(grad.dtype), None, None, None
+
+    return AdaptiveGradient
+
+
+def _prefix_cache(matrix, batch_size: int, peft_config, model_config):
+    """The decoder's key/value cache holding the prefix ``matrix`` [P, L*2*d_kv], as PEFT's
+    ``get_prompt`` lays it out: row = (layer, key|value, head, head_dim); differentiable."""
+    from transformers import DynamicCache
+
+    p, layers, heads = matrix.shape[0], peft_config.num_layers, peft_config.num_attention_heads
+    kv = matrix.view(p, layers * 2, heads, peft_config.token_dim // heads).permute(1, 2, 0, 3)  # [2L, H, P, hd]
+    data = [
+        (kv[2 * i][None].expand(batch_size, -1, -1, -1), kv[2 * i + 1][None].expand(batch_size, -1, -1, -1))
+        for i in range(layers)
+    ]
+    return DynamicCache(ddp_cache_data=data, config=model_config)
+
+
+def _loss_module(peft_model, regularizer, reg_kwargs: dict, lambda_ts: float, adaptive: dict | None = None):
     """The forward of one micro-batch: prompt + decoder + output layer at answer positions + CE + reg.
 
     An ``nn.Module`` so DeepSpeed's engine runs it and ZeRO-3's hooks gather each submodule's
-    parameters as it is called. Returns (loss to backpropagate, CE sum, regularizer value).
+    parameters as it is called. Returns (loss to backpropagate, CE sum, regularizer value); with
+    ``adaptive`` ({"h0": ratio, "h1": ratio}, a subset) the adaptive terms reach the gradient only
+    (see ``_adaptive_gradient``), the value returned is the fixed-weight rest, and each forward leaves
+    the unweighted adaptive term values in ``adaptive_values`` and adds the backward's scales to
+    ``adaptive_scales`` (zeroed by the caller each step).
     """
     import torch
     from torch import nn
@@ -356,32 +458,63 @@ def _loss_module(peft_model, regularizer, reg_kwargs: dict, lambda_ts: float):
     lm_head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     linear_cross_entropy = _linear_cross_entropy()
+    adaptive_gradient = _adaptive_gradient()
     adapter = peft_model.active_adapter
-    num_virtual = peft_model.peft_config[adapter].num_virtual_tokens
+    peft_config = peft_model.peft_config[adapter]
+    num_virtual = peft_config.num_virtual_tokens
+    deep = peft_config.peft_type == "PREFIX_TUNING"  # prefix / ptuning_v2: a key/value prefix at every layer
+    adaptive = dict(adaptive or {})
+    halves = tuple(adaptive)
+    ratios = tuple(float(adaptive[h]) for h in halves)
+    # the adaptive terms leave the fixed-weight call; each is computed alone with weight 1
+    fixed_kwargs = {**reg_kwargs, **{f"beta_{h}": 0.0 for h in halves}}
+    term_kwargs = [{**reg_kwargs, "beta_h0": float(h == "h0"), "beta_h1": float(h == "h1")} for h in halves]
 
     class _PromptTuningLoss(nn.Module):
         def __init__(self):
             super().__init__()
             self.peft_model = peft_model
+            self.adaptive_halves = halves
+            self.adaptive_values = torch.zeros(len(halves), dtype=torch.float64)
+            self.adaptive_scales = torch.zeros(len(halves), dtype=torch.float64)
 
         def prompt_matrix(self):
+            """The regularized matrix: the prompt [P, d], or the prefix [P, L*2*d_kv] (for ``prefix`` the
+            MLP's output); the prompt encoder's output, whole here even under ZeRO-3."""
             encoder = self.peft_model.prompt_encoder[adapter]
             tokens = self.peft_model.prompt_tokens[adapter][:num_virtual].to(encoder.embedding.weight.device)
-            return encoder(tokens)  # [P, d]; whole here even under ZeRO-3
+            return encoder(tokens)
 
         def forward(self, input_ids, attention_mask, labels, ce_scale):
-            prompt = self.prompt_matrix()
-            reg = regularizer(prompt, **reg_kwargs) if lambda_ts else prompt.sum() * 0.0
+            matrix = self.prompt_matrix()
+            reg = regularizer(matrix, **fixed_kwargs) if lambda_ts else matrix.sum() * 0.0
+            if halves:
+                with torch.enable_grad():  # d term / d M now, at this M: the backward only rescales them
+                    leaf = matrix.detach().requires_grad_(True)
+                    values, grads = [], []
+                    for kwargs in term_kwargs:
+                        value = regularizer(leaf, **kwargs)
+                        grads.append(torch.autograd.grad(value, leaf)[0].float())
+                        values.append(value.detach().double().cpu())
+                self.adaptive_values = torch.stack(values)
+                matrix = adaptive_gradient.apply(matrix, torch.stack(grads), ratios, self.adaptive_scales)
             embeds = self.peft_model.word_embeddings(input_ids)
             batch = input_ids.shape[0]
-            embeds = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)
             mask = torch.cat([attention_mask.new_ones(batch, num_virtual), attention_mask], dim=1)
-            hidden = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-            # hidden[:, P-1+j] predicts input token j; keep only the rows whose target is an answer token.
-            predicting = hidden[:, num_virtual - 1 : num_virtual - 1 + input_ids.shape[1]]
-            answer = labels != -100
+            if deep:
+                cache = _prefix_cache(matrix.to(embeds.dtype), batch, peft_config, base.config)
+                hidden = decoder(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+                # hidden[:, j-1] predicts input token j (token 0, never an answer token, has no predictor)
+                predicting, targets = hidden[:, :-1], labels[:, 1:]
+            else:
+                embeds = torch.cat([matrix.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)
+                hidden = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+                # hidden[:, P-1+j] predicts input token j
+                predicting, targets = hidden[:, num_virtual - 1 : num_virtual - 1 + input_ids.shape[1]], labels
+            # keep only the rows whose target is an answer token
+            answer = targets != -100
             ce_sum = linear_cross_entropy.apply(
-                predicting[answer], lm_head.weight, lm_head.bias, labels[answer], softcap or 0.0
+                predicting[answer], lm_head.weight, lm_head.bias, targets[answer], softcap or 0.0
             )
             loss = ce_scale * ce_sum + lambda_ts * reg.float()
             return loss, ce_sum.detach(), reg.detach().float()
@@ -397,14 +530,19 @@ def _loss_module(peft_model, regularizer, reg_kwargs: dict, lambda_ts: float):
 
 
 def _initial_prompt(config: TuneConfig, peft_model, tokenizer, generator):
-    """[P, d] initial prompt: N(0, 0.02²) | random vocabulary rows | embeddings of a tokenised string."""
+    """The initial trainable table (the prompt encoder's embedding: [P, d] prompt, [P, d_kv] prefix MLP
+    input, [P, L*2*d_kv] P-Tuning v2 prefix): N(0, 0.02²) | random vocabulary rows | embeddings of a
+    tokenised string; None for ``peft`` (keep PEFT's own, seeded, initialisation)."""
     import torch
 
-    embedding = peft_model.word_embeddings
-    vocab, dim = getattr(embedding.weight, "ds_shape", embedding.weight.shape)
-    p = config.num_virtual_tokens
+    if config.init == "peft":
+        return None
+    table = peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight
+    shape = getattr(table, "ds_shape", table.shape)
     if config.init == "normal":
-        return torch.randn(p, dim, generator=generator) * 0.02
+        return torch.randn(*shape, generator=generator) * 0.02
+    embedding = peft_model.word_embeddings
+    p = config.num_virtual_tokens
     if config.init == "vocab":
         ids = torch.randint(0, len(tokenizer), (p,), generator=generator)
     else:
@@ -426,15 +564,27 @@ def _gathered(param, modifier_rank=None):
 
 
 def _full_prompt(engine):
-    """The whole fp32 prompt matrix on CPU, on every rank (a collective under ZeRO-3)."""
+    """The whole fp32 regularized matrix on CPU, on every rank (a collective under ZeRO-3): the prompt
+    table, or for ``prefix`` the MLP applied to the whole fp32 parameters (what PEFT saves)."""
+    import torch
     from deepspeed.utils import safe_get_full_fp32_param
 
-    param = engine.module.peft_model.prompt_encoder[engine.module.peft_model.active_adapter].embedding.weight
-    full = safe_get_full_fp32_param(param)
-    if full is None:
-        with _gathered(param):
-            full = param.detach().float().clone()
-    return full.detach().float().cpu().reshape(getattr(param, "ds_shape", param.shape)).clone()
+    peft_model = engine.module.peft_model
+    encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+
+    def full(param):
+        value = safe_get_full_fp32_param(param)
+        if value is None:
+            with _gathered(param):
+                value = param.detach().float().clone()
+        return value.detach().float().cpu().reshape(getattr(param, "ds_shape", param.shape)).clone()
+
+    matrix = full(encoder.embedding.weight)
+    if getattr(encoder, "prefix_projection", False):
+        first, last = encoder.transform[0], encoder.transform[2]
+        hidden = torch.tanh(torch.nn.functional.linear(matrix, full(first.weight), full(first.bias)))
+        matrix = torch.nn.functional.linear(hidden, full(last.weight), full(last.bias))
+    return matrix
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -491,13 +641,19 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def _train_accuracy(engine, tokenizer, examples, template, config, world_size, zero_stage) -> float:
     """Share of the first ``eval_max_samples`` training rows whose greedy generation has the right answer.
 
-    Every rank generates every row (ZeRO-3 needs all ranks in every forward), batched with left padding;
-    PeftModel.generate puts the soft prompt in front."""
+    Every rank generates every row (ZeRO-3 needs all ranks in every forward), batched with left padding,
+    through the base model's ``generate``: a soft prompt goes in front of the input embeddings, as PEFT
+    places it; a prefix (``prefix``/``ptuning_v2``) is passed as the key/value cache, P placeholder ids
+    standing for it (skipped by the cache), as tsprompt does. Not ``PeftModel.generate``: its prompt
+    injection depends on the transformers version (with 5.24 it no longer applies the prompt)."""
     import torch
 
     from tsloss_harness.data import answer_correct
 
     peft_model = engine.module.peft_model
+    peft_config = peft_model.peft_config[peft_model.active_adapter]
+    deep = peft_config.peft_type == "PREFIX_TUNING"
+    p = peft_config.num_virtual_tokens
     rows = examples[: config.eval_max_samples]
     contexts = [tokenizer(ex.prompt.rstrip())["input_ids"] for ex in rows]
     max_new = max(len(tokenizer(ex.target)["input_ids"]) for ex in rows) + 4
@@ -510,16 +666,24 @@ def _train_accuracy(engine, tokenizer, examples, template, config, world_size, z
             length = max(map(len, batch))
             ids = torch.tensor([[pad] * (length - len(c)) + c for c in batch], device=engine.device)
             mask = torch.tensor([[0] * (length - len(c)) + [1] * len(c) for c in batch], device=engine.device)
-            out = peft_model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
-                synced_gpus=zero_stage == 3 and world_size > 1,
-            )
-            for ex, seq in zip(rows[start:], out[:, -max_new:] if out.shape[1] > length else out):
+            kwargs = dict(max_new_tokens=max_new, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                          synced_gpus=zero_stage == 3 and world_size > 1)
+            if deep:
+                matrix = engine.module.prompt_matrix()  # whole under ZeRO-3 (the encoder's hooks gather it)
+                base = peft_model.get_base_model()
+                cache = _prefix_cache(matrix.to(base.dtype), len(batch), peft_config, base.config)
+                out = base.generate(input_ids=torch.cat([ids.new_full((len(batch), p), pad), ids], dim=1),
+                                    attention_mask=torch.cat([mask.new_ones(len(batch), p), mask], dim=1),
+                                    past_key_values=cache, **kwargs)[:, p:]
+            else:  # the prompt rows in front of the (left-padded) embeddings, as PEFT places them
+                prompt = engine.module.prompt_matrix()
+                embeds = peft_model.word_embeddings(ids)
+                embeds = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(len(batch), -1, -1), embeds], dim=1)
+                out = peft_model.get_base_model().generate(
+                    inputs_embeds=embeds, attention_mask=torch.cat([mask.new_ones(len(batch), p), mask], dim=1), **kwargs
+                )  # decoder-only generate from embeddings returns the new tokens only
+                out = torch.cat([ids, out], dim=1)
+            for ex, seq in zip(rows[start:], out[:, length:]):
                 correct += answer_correct(tokenizer.decode(seq, skip_special_tokens=True), ex, template)
     engine.train()
     return correct / len(rows)
@@ -529,7 +693,23 @@ def _train_accuracy(engine, tokenizer, examples, template, config, world_size, z
 
 
 def run(config: TuneConfig) -> dict:
-    """Train a prompt as ``config`` says; return the summary (also written to ``summary.json``)."""
+    """Train a prompt as ``config`` says; return the summary (also written to ``summary.json``).
+
+    In-process callers keep their environment: the rank variables a one-process run sets for DeepSpeed
+    are removed when it returns (a child process that inherited them, e.g. lm_eval started after a
+    run, would try to rendezvous on this process's port)."""
+    previous_env: dict[str, str | None] = {}
+    try:
+        return _run(config, previous_env)
+    finally:
+        for key, value in previous_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(config: TuneConfig, previous_env: dict) -> dict:
     _validate(config)
     from tsloss_harness.data import load_examples, template_for
 
@@ -542,7 +722,7 @@ def run(config: TuneConfig) -> dict:
     from transformers.integrations import HfDeepSpeedConfig
 
     from tsloss_harness.losses import get_regularizer
-    from tsloss_harness.prompt import make_prompt_config, save_prompt
+    from tsloss_harness.prompt import make_method_config, save_prompt
     from tsloss_harness.topology import METRIC_KEYS, prompt_topology
 
     try:
@@ -552,7 +732,7 @@ def run(config: TuneConfig) -> dict:
     rows = _tokenize(examples, tokenizer, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    _ensure_distributed_env()
+    previous_env.update(_ensure_distributed_env())
     deepspeed.init_distributed()
     rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     is_main = rank == 0
@@ -573,24 +753,24 @@ def run(config: TuneConfig) -> dict:
     except Exception as e:
         raise TuneError(f"cannot load model {config.model}: {_first_line(e)}") from None
     base.requires_grad_(False)
-    text_config = base.config.get_text_config()
-    peft_config = make_prompt_config(
-        config.model,
-        num_virtual_tokens=config.num_virtual_tokens,
-        token_dim=text_config.hidden_size,
-        num_layers=text_config.num_hidden_layers,
-        num_attention_heads=text_config.num_attention_heads,
-        init=config.init,
-    )
     from peft import get_peft_model
 
-    peft_model = get_peft_model(base, peft_config)
+    with torch.random.fork_rng(devices=[]):  # the prompt encoder's own init (prefix MLP, init=peft): from the seed
+        torch.manual_seed(config.seed)
+        peft_model = get_peft_model(
+            base,
+            make_method_config(config.method, config.model, base.config, num_virtual_tokens=config.num_virtual_tokens,
+                               init=config.init, encoder_hidden_size=config.prefix_hidden_size),
+        )
+    peft_config = peft_model.peft_config[peft_model.active_adapter]  # as PEFT resolved it
     generator = torch.Generator().manual_seed(config.seed)
     init = _initial_prompt(config, peft_model, tokenizer, generator)
-    prompt_param = peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight
-    with _gathered(prompt_param, modifier_rank=0), torch.no_grad():
-        prompt_param.copy_(init.to(prompt_param.dtype))
-    prompt_param.requires_grad_(True)
+    prompt_encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+    if init is not None:
+        table = prompt_encoder.embedding.weight
+        with _gathered(table, modifier_rank=0), torch.no_grad():
+            table.copy_(init.to(table.dtype))
+    prompt_encoder.requires_grad_(True)
 
     if is_main:  # the model loaded: from here on the run directory exists
         import yaml
@@ -599,7 +779,8 @@ def run(config: TuneConfig) -> dict:
         (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
     reg_kwargs = dict(tau=config.tau, alpha=config.alpha, beta_h0=config.beta_h0, beta_h1=config.beta_h1)
-    module = _loss_module(peft_model, get_regularizer(config.regularizer), reg_kwargs, config.lambda_ts)
+    adaptive = {h: getattr(config, f"adaptive_ratio_{h}") for h in ("h0", "h1") if getattr(config, f"adaptive_ratio_{h}") is not None}
+    module = _loss_module(peft_model, get_regularizer(config.regularizer), reg_kwargs, config.lambda_ts, adaptive)
     # The linear warm-up/decay schedule of the HF Trainer (which the paper's authors used): DeepSpeed's
     # WarmupDecayLR applies each rate one step late and floors warm-up at 2 steps. A "scheduler"
     # section in the JSON still wins.
@@ -629,7 +810,8 @@ def run(config: TuneConfig) -> dict:
         "base_model": config.model,
         "method": config.method,
         "regularizer": config.regularizer,
-        "regularizer_params": {"lambda_ts": config.lambda_ts, **reg_kwargs},
+        "regularizer_params": {"lambda_ts": config.lambda_ts, **reg_kwargs,
+                               **{f"adaptive_ratio_{h}": ratio for h, ratio in adaptive.items()}},
         "init": config.init,
         "seed": config.seed,
         "dataset": config.dataset,
@@ -662,6 +844,7 @@ def run(config: TuneConfig) -> dict:
             ce_scale = world_size * accum / n_answer
             torch.manual_seed(config.seed * 1_000_003 + step * 1009 + rank)  # dropout, if any: a function of the step
             totals = torch.zeros(2, dtype=torch.float64)
+            module.adaptive_scales.zero_()
             for g in range(accum):
                 slot = batch_rows[(g * world_size + rank) * micro : (g * world_size + rank + 1) * micro]
                 if not slot:  # short last batch: this rank still takes part, with no target tokens
@@ -682,6 +865,18 @@ def run(config: TuneConfig) -> dict:
                 torch.distributed.all_reduce(totals)
                 totals = totals.cpu()
             ce, reg_value = totals[0].item() / n_answer, totals[1].item()
+            betas = {}
+            if adaptive:  # effective β: the step's gradient holds λ·β·∇L of each adaptive term
+                scales = module.adaptive_scales.clone()
+                if world_size > 1:
+                    scales = scales.to(engine.device)
+                    torch.distributed.all_reduce(scales)
+                    scales = scales.cpu()
+                for i, half in enumerate(module.adaptive_halves):
+                    betas[f"beta_{half}"] = scales[i].item() / (world_size * config.lambda_ts)
+                    reg_value += betas[f"beta_{half}"] * module.adaptive_values[i].item()
+                for half in _HALVES[config.regularizer]:
+                    betas.setdefault(f"beta_{half}", getattr(config, f"beta_{half}"))
             if not math.isfinite(ce) or not math.isfinite(reg_value):
                 saved = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
                 where = f"last good checkpoint: {saved[-1]}" if saved else "no checkpoint was saved"
@@ -695,6 +890,7 @@ def run(config: TuneConfig) -> dict:
                 "ce": ce,
                 "reg": reg_value,
                 "samples_per_s": len(batch_rows) / (time.perf_counter() - t0),
+                **betas,
             }
             final = step == total_steps
             if config.topology_every and (step % config.topology_every == 0 or final):
