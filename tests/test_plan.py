@@ -173,3 +173,17 @@ def test_cli_picks_the_cheapest_config_that_fits(capsys):
     assert "nothing fits" in capsys.readouterr().out
     assert main(["--model", "7b", "--gpus", "3", "--gpu-mem", "24"]) == 2  # 8 rows do not split over 3 GPUs
     assert "batch_size=8" in capsys.readouterr().err
+
+
+def test_linear_is_torch_s_again_after_a_zero3_run(tiny_llama_dir, gsm8k_dir, tmp_path):
+    """A ZeRO-3 run in this process must not leave DeepSpeed's F.linear behind: it saves every linear
+    input for backward, which the measurements above (and any later in-process work) would carry."""
+    from pathlib import Path
+
+    from tsloss_harness.tune import TuneConfig, run
+
+    z3 = Path(__file__).resolve().parent.parent / "ds_configs" / "z3.json"
+    linear = F.linear
+    run(TuneConfig(model=str(tiny_llama_dir), data_dir=str(gsm8k_dir), num_samples=1, batch_size=1, max_steps=1,
+                   eval_every=0, topology_every=0, progress=False, output_dir=str(tmp_path / "run"), ds_config=str(z3)))
+    assert F.linear is linear

@@ -697,11 +697,18 @@ def run(config: TuneConfig) -> dict:
 
     In-process callers keep their environment: the rank variables a one-process run sets for DeepSpeed
     are removed when it returns (a child process that inherited them, e.g. lm_eval started after a
-    run, would try to rendezvous on this process's port)."""
+    run, would try to rendezvous on this process's port), and ``torch.nn.functional.linear`` is
+    torch's again after a ZeRO-3 run."""
+    import torch.nn.functional as F
+
     previous_env: dict[str, str | None] = {}
+    linear = F.linear
     try:
         return _run(config, previous_env)
     finally:
+        # ZeRO-3's zero.Init swaps F.linear for its own ("persists unless manually reset"), which keeps
+        # every linear input for backward: later in-process work must get torch's back.
+        F.linear = linear
         for key, value in previous_env.items():
             if value is None:
                 os.environ.pop(key, None)
