@@ -52,9 +52,10 @@ class _PairwiseDistances(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         y = x - x.mean(dim=0, keepdim=True)  # distances are translation invariant; centring limits cancellation
-        sq_norms = (y * y).sum(dim=1)
-        sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], y, y.T, alpha=-2.0).clamp_min_(0.0)
-        sq.fill_diagonal_(0.0)  # D_ii = 0 exactly
+        gram = y @ y.T
+        sq_norms = gram.diagonal().clone()  # the Gram's own diagonal: D_ii is then exactly 0
+        sq = gram.mul_(-2.0).add_(sq_norms[:, None]).add_(sq_norms[None, :]).clamp_min_(0.0)
+        sq.fill_diagonal_(0.0)
         dist = sq.sqrt_()
         ctx.save_for_backward(x, dist)
         return dist
@@ -63,9 +64,12 @@ class _PairwiseDistances(torch.autograd.Function):
     def backward(ctx, grad_dist: torch.Tensor) -> torch.Tensor:
         x, dist = ctx.saved_tensors
         positive = dist > 0
-        # Coinciding rows (and the diagonal) get the zero subgradient instead of 0/0.
+        # coinciding rows (D = 0): zero subgradient instead of 0/0
         w = torch.where(positive, (grad_dist + grad_dist.T) / torch.where(positive, dist, 1.0), 0.0)
-        return w.sum(dim=1, keepdim=True) * x - w @ x
+        # Σ_j W_ij (x_i - x_j) = (diag(rowsum W) - W) @ x: the Laplacian of W, one product, nothing [P, d] besides
+        laplacian = w.neg_()
+        laplacian.diagonal().sub_(laplacian.sum(dim=1))
+        return laplacian @ x
 
 
 def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
