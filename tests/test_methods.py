@@ -10,8 +10,6 @@ adapter no longer applies the prompt (``generate`` passes the cache as ``cache``
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import torch
 # The lm_eval helpers and the offline data/task fixtures of the tsprompt tests (pytest puts tests/ on
 # sys.path); the fixtures are re-instantiated for this module.
 from test_evaluation import _compare, _finish, _lm_eval_args, _read_output, _start, data_dir, env, tasks_dir  # noqa: F401
-from test_tune import _fails, _free_port, _fresh_env, short_dir  # noqa: F401
+from test_tune import _fails, _two_ranks, short_dir  # noqa: F401
 
 from tsloss_harness import tiny
 from tsloss_harness.data import load_examples
@@ -396,13 +394,7 @@ def test_prefix_two_ranks_zero3_equal_one_rank(tiny_llama_dir, short_dir, tmp_pa
     args = dict(method="prefix", num_samples=3, batch_size=2, max_steps=3, topology_every=3, eval_every=3,
                 eval_max_samples=2, adaptive_ratio_h0=0.5, ds_config=str(tmp_path / "ds.json"))
     one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", micro_batch_size=1, **args))
-    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, short_dir, tmp_path / "two", **args).__dict__.items()
-            if v is not None and not isinstance(v, bool)]
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(REPO / "tune.py"),
-                             *argv, "--no-progress"], capture_output=True, text=True, env=_fresh_env(), timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = _two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
     assert two["world_size"] == 2 and one["world_size"] == 1
     torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
                                rtol=1e-5, atol=1e-6)

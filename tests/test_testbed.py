@@ -102,7 +102,10 @@ def test_bad_corpus_line_is_named(tmp_path, capsys, cache_root):
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "no answer"}\n')
     assert testbed.main(["--corpus", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
-    assert capsys.readouterr().err == f"tsloss testbed: {bad}:2: row has no 'answer' field\n"
+    assert capsys.readouterr().err == f"tsloss testbed: {bad}: row 2 has no 'answer' field\n"
+    bad.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": \n')
+    assert testbed.main(["--corpus", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert capsys.readouterr().err.startswith(f"tsloss testbed: {bad}:2: malformed JSON")
 
 
 def test_refuses_foreign_output_dir(tmp_path, gsm8k_dir, cache_root):

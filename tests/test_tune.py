@@ -304,13 +304,7 @@ def test_two_ranks_equal_one_rank(zero, tiny_llama_dir, short_dir, tmp_path):
     args = dict(num_samples=3, batch_size=2, max_steps=4, eval_every=4, topology_every=4,
                 ds_config=str(tmp_path / "ds.json"))
     one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", **args))
-    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, short_dir, tmp_path / "two", **args).__dict__.items()
-            if v is not None and not isinstance(v, bool)]
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(REPO / "tune.py"),
-                             *argv, "--no-progress"], capture_output=True, text=True, env=_fresh_env(), timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    two = _two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
     assert two["world_size"] == 2 and one["world_size"] == 1
     torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
                                rtol=1e-5, atol=1e-6)
@@ -318,6 +312,16 @@ def test_two_ranks_equal_one_rank(zero, tiny_llama_dir, short_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == b["lr"]
     assert two["final"]["accuracy"] == one["final"]["accuracy"]
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=1e-4)
+
+
+def _two_ranks(config: TuneConfig) -> dict:
+    """``config`` run by ``deepspeed --num_gpus 2 tune.py`` (two CPU ranks); its summary."""
+    argv = [f"--{k}={v}" for k, v in config.__dict__.items() if v is not None and not isinstance(v, bool)]
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(REPO / "tune.py"),
+                             *argv, "--no-progress"], capture_output=True, text=True, env=_fresh_env(), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads((Path(config.output_dir) / "summary.json").read_text())
 
 
 def _fresh_env() -> dict:

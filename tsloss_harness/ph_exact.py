@@ -94,7 +94,7 @@ def _h1_edges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Birth and death edges [k, 2] of k H1 bars from their representative cocycles ([m, 3]: i, j,
     value) and death values (float32, as ripser reports them)."""
-    n, k = len(d32), len(cocycles)
+    n = len(d32)
     bar = np.concatenate([np.full(len(c), b) for b, c in enumerate(cocycles)])
     u, v = (np.concatenate([np.asarray(c)[:, col] for c in cocycles]).astype(np.int64) for col in (0, 1))
     # birth: per bar, the cocycle edge last in ripser's column order = first in filtration order

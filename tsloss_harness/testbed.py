@@ -110,19 +110,18 @@ def _resolve_corpus_path(corpus: str | os.PathLike) -> Path:
 
 def read_corpus_rows(path: Path) -> list[dict]:
     """GSM8K-format rows from a JSONL file; a bad line names the file and line."""
+    from tsloss_harness.data import DataError, read_jsonl
+
+    try:
+        raw = read_jsonl(path)
+    except DataError as e:
+        raise TestbedError(str(e)) from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TestbedError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            missing = [k for k in ("question", "answer") if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise TestbedError(f"{path}:{lineno}: row has no {missing[0]!r} field")
-            rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
+    for number, row in enumerate(raw, 1):
+        missing = [k for k in ("question", "answer") if k not in row]
+        if missing:
+            raise TestbedError(f"{path}: row {number} has no {missing[0]!r} field")
+        rows.append({"question": str(row["question"]), "answer": str(row["answer"])})
     if not rows:
         raise TestbedError(f"{path}: no rows")
     return rows

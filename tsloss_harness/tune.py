@@ -57,7 +57,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DEFAULT_DS_CONFIG", "TuneConfig", "TuneError", "build_parser", "load_config", "main", "run"]
