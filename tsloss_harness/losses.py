@@ -110,15 +110,17 @@ def _h1_term(
     detach_thresholds: bool,
 ) -> torch.Tensor:
     """L_H1 (Eq. 3-5): squared hinge below the soft low quantile δ and above the soft high quantile ζ."""
-    pair_d = dist[off_diag]  # the P(P-1) ordered pairs i != j
-    # softmax over all pairs; torch.softmax subtracts the max, so α·D up to ~1e38 cannot overflow
-    delta = (torch.softmax(-alpha * pair_d, dim=0) * pair_d).sum()
-    zeta = (torch.softmax(alpha * pair_d, dim=0) * pair_d).sum()
+    # Over the P(P-1) ordered pairs i != j, kept as a masked [P, P] matrix: boolean indexing would add
+    # a gather and a scatter (backward) that cost more than the arithmetic at P = 100.
+    neg_inf = torch.finfo(dist.dtype).min
+    delta = (torch.softmax(torch.where(off_diag, -alpha * dist, neg_inf).flatten(), dim=0) * dist.flatten()).sum()
+    zeta = (torch.softmax(torch.where(off_diag, alpha * dist, neg_inf).flatten(), dim=0) * dist.flatten()).sum()
     if detach_thresholds:
         delta, zeta = delta.detach(), zeta.detach()
-    repel = torch.relu(delta - pair_d) ** 2
-    attract = torch.relu(pair_d - zeta) ** 2
-    return (lambda_repel * repel + lambda_attract * attract).mean()
+    repel = torch.relu(delta - dist) ** 2
+    attract = torch.relu(dist - zeta) ** 2
+    n = dist.shape[0]
+    return ((lambda_repel * repel + lambda_attract * attract) * off_diag).sum() / (n * (n - 1))
 
 
 def ts_loss(
@@ -144,12 +146,12 @@ def ts_loss(
         return _zero(points)
     dist = pairwise_distances(points)
     off_diag = _off_diagonal(n, dist.device)
-    total = _zero(points)
+    terms = []
     if beta_h0:
-        total = total + beta_h0 * _h0_term(dist, off_diag, tau)
+        terms.append(beta_h0 * _h0_term(dist, off_diag, tau))
     if beta_h1:
-        total = total + beta_h1 * _h1_term(dist, off_diag, alpha, lambda_repel, lambda_attract, detach_thresholds)
-    return total
+        terms.append(beta_h1 * _h1_term(dist, off_diag, alpha, lambda_repel, lambda_attract, detach_thresholds))
+    return sum(terms[1:], terms[0]) if terms else _zero(points)
 
 
 def h0(points: torch.Tensor, *, beta_h0: float = 1.0, **kwargs: object) -> torch.Tensor:
