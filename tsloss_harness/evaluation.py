@@ -147,6 +147,12 @@ class TSPromptLM(HFLM):
         set_peft_model_state_dict(wrapped, {EMBEDDINGS_KEY: self.prompt_embeddings})
         return wrapped
 
+    def _autocast(self):
+        """HFLM's mixed precision (``mixed_precision_dtype``), off when it is None."""
+        return torch.autocast(
+            device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None
+        )
+
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:  # noqa: ARG002 (seq2seq args)
         """Logits of the text positions only: [batch, len(inps), vocab].
 
@@ -156,14 +162,7 @@ class TSPromptLM(HFLM):
         positions in every layer, in the LM head and in HFLM's log-softmax. HFLM's continuation
         slicing needs no change: the logits simply have no virtual-token rows.
         """
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                device_type=self.device.type,
-                dtype=self.mixed_precision_dtype,
-                enabled=self.mixed_precision_dtype is not None,
-            ),
-        ):
+        with torch.no_grad(), self._autocast():
             base = self._model.get_base_model()
             return base(input_ids=inps, past_key_values=self._prompt_cache(base, inps.shape[0]), use_cache=True).logits
 
@@ -192,14 +191,7 @@ class TSPromptLM(HFLM):
         attention_mask = torch.cat([attention_mask.new_ones(batch_size, p), attention_mask], dim=1)
         stopping_criteria = stop_sequences_criteria(self.tokenizer, stop, input_ids.shape[1], batch_size)
         base = self._model.get_base_model()
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                device_type=self.device.type,
-                dtype=self.mixed_precision_dtype,
-                enabled=self.mixed_precision_dtype is not None,
-            ),
-        ):
+        with torch.no_grad(), self._autocast():
             output = base.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,

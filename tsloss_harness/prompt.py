@@ -103,14 +103,10 @@ def make_prompt_config(
 
     if not isinstance(init, str) or not init:
         raise ValueError(f"init must be a non-empty string such as 'normal', got {init!r}")
-    for name, value in (
-        ("num_virtual_tokens", num_virtual_tokens),
-        ("token_dim", token_dim),
-        ("num_layers", num_layers),
-        ("num_attention_heads", num_attention_heads),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_positive_ints(
+        num_virtual_tokens=num_virtual_tokens, token_dim=token_dim, num_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+    )
     return PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         base_model_name_or_path=None if base_model_name_or_path is None else str(base_model_name_or_path),
@@ -121,6 +117,12 @@ def make_prompt_config(
         num_transformer_submodules=1,  # what PEFT fills in for decoder-only models
         prompt_tuning_init=PromptTuningInit.RANDOM,
     )
+
+
+def _check_positive_ints(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def make_prefix_config(
@@ -143,15 +145,10 @@ def make_prefix_config(
     """
     from peft import PrefixTuningConfig, TaskType
 
-    for name, value in (
-        ("num_virtual_tokens", num_virtual_tokens),
-        ("num_layers", num_layers),
-        ("num_key_value_heads", num_key_value_heads),
-        ("head_dim", head_dim),
-        ("encoder_hidden_size", 1 if encoder_hidden_size is None else encoder_hidden_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_positive_ints(
+        num_virtual_tokens=num_virtual_tokens, num_layers=num_layers, num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim, encoder_hidden_size=1 if encoder_hidden_size is None else encoder_hidden_size,
+    )
     token_dim = num_key_value_heads * head_dim
     return PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
