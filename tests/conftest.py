@@ -1,4 +1,5 @@
-"""Shared, session-scoped fixtures: tiny local models and generated GSM8K-format data.
+"""Shared, session-scoped fixtures: tiny local models, generated GSM8K-format data, and the offline
+data, tasks and environment of the lm_eval subprocesses (helpers that are not fixtures: helpers.py).
 
 Everything is built once per test session under pytest's temporary directory (a few seconds);
 no test ever reaches the network.
@@ -7,6 +8,7 @@ no test ever reaches the network.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from helpers import MMLU_CF_SUBJECTS, REPO, ROLLING_TASK  # noqa: E402
 from tsloss_harness import tiny  # noqa: E402  (after the offline switches)
 
 
@@ -68,3 +71,64 @@ def real_gsm8k_dir() -> Path:
     if not (path / "train.jsonl").is_file() and not (path / "test.jsonl").is_file():
         pytest.skip(f"TSLOSS_GSM8K_DIR={value} holds no train.jsonl or test.jsonl")
     return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """TSLOSS_DATA_DIR with MMLU-CF (every subject) and one LongBench subset, in their own schemas."""
+    root = tmp_path_factory.mktemp("data")
+    rows = tiny.generate_gsm8k_rows(14 * 6, seed=3)
+    for i, subject in enumerate(MMLU_CF_SUBJECTS):
+        mc = []
+        for j, row in enumerate(rows[i * 6 : (i + 1) * 6]):
+            number = row["answer"].rsplit("#### ", 1)[1]
+            choices = [number, str(int(number) + 1), str(int(number) + 2), str(int(number) + 3)]
+            letter = "ABCD"[j % 4]
+            choices.insert("ABCD".index(letter), choices.pop(0))
+            mc.append({"Question": row["question"], **dict(zip("ABCD", choices)), "Answer": letter})
+        tiny.write_jsonl(mc[:5], root / "mmlu_cf" / f"{subject}_dev.jsonl")
+        tiny.write_jsonl(mc[5:], root / "mmlu_cf" / f"{subject}_val.jsonl")
+    longbench = [
+        {
+            "input": row["question"],
+            "context": row["answer"],
+            "answers": [row["answer"].rsplit("#### ", 1)[1]],
+            "length": 40,
+            "dataset": "2wikimqa",
+            "language": "en",
+            "all_classes": None,
+            "_id": f"id{i}",
+        }
+        for i, row in enumerate(rows[:2])
+    ]
+    tiny.write_jsonl(longbench, root / "longbench" / "2wikimqa.jsonl")
+    return root
+
+@pytest.fixture(scope="session")
+def tasks_dir(tmp_path_factory) -> Path:
+    """This repo's tasks/ plus a rolling-loglikelihood task over the local GSM8K questions."""
+    root = tmp_path_factory.mktemp("tasks") / "tasks"
+    shutil.copytree(REPO / "tasks", root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "offline" / "tsprompt_test_rolling.yaml").write_text(ROLLING_TASK)
+    return root
+
+@pytest.fixture(scope="session")
+def env(gsm8k_dir, data_dir) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "TSLOSS_GSM8K_DIR": str(gsm8k_dir),
+        "TSLOSS_DATA_DIR": str(data_dir),
+    }
+
+@pytest.fixture(scope="session")
+def short_dir(tmp_path_factory) -> Path:
+    """Four GSM8K-format rows with short answers: greedy generation for accuracy stays cheap."""
+    root = tmp_path_factory.mktemp("short")
+    rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"} for a, b in
+            [(2, 3), (4, 1), (7, 2), (6, 6)]]
+    tiny.write_jsonl(rows, root / "train.jsonl")
+    return root

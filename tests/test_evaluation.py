@@ -10,9 +10,7 @@ loglikelihood, all on generated local files through the offline task groups.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,31 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsloss_harness import tiny
+from helpers import (
+    MMLU_CF_SUBJECTS, REPO, compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval,
+)
 from tsloss_harness.prompt import make_prompt_config, save_prompt, save_raw_prompt
 
-REPO = Path(__file__).resolve().parent.parent
-LM_EVAL = Path(sys.executable).with_name("lm_eval")  # the stock CLI of this interpreter's environment
 P = 6  # virtual tokens
-LOGLIKELIHOOD_ATOL = 1e-4
-
-MMLU_CF_SUBJECTS = (
-    "Biology", "Business", "Chemistry", "Computer_Science", "Economics", "Engineering", "Health",
-    "History", "Law", "Math", "Other", "Philosophy", "Physics", "Psychology",
-)  # fmt: skip
-
-ROLLING_TASK = """\
-task: tsprompt_test_rolling
-custom_dataset: !function offline_data.gsm8k
-output_type: loglikelihood_rolling
-test_split: test
-doc_to_text: ""
-doc_to_target: "{{question}}"
-metric_list:
-  - metric: word_perplexity
-metadata:
-  version: 1.0
-"""
 
 COMPARED_TASKS = "gsm8k_offline,mmlu_cf_offline,tsprompt_test_rolling"
 
@@ -88,87 +67,6 @@ def prompts(tmp_path_factory, tiny_llama_dir, model_config) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """TSLOSS_DATA_DIR with MMLU-CF (every subject) and one LongBench subset, in their own schemas."""
-    root = tmp_path_factory.mktemp("data")
-    rows = tiny.generate_gsm8k_rows(14 * 6, seed=3)
-    for i, subject in enumerate(MMLU_CF_SUBJECTS):
-        mc = []
-        for j, row in enumerate(rows[i * 6 : (i + 1) * 6]):
-            number = row["answer"].rsplit("#### ", 1)[1]
-            choices = [number, str(int(number) + 1), str(int(number) + 2), str(int(number) + 3)]
-            letter = "ABCD"[j % 4]
-            choices.insert("ABCD".index(letter), choices.pop(0))
-            mc.append({"Question": row["question"], **dict(zip("ABCD", choices)), "Answer": letter})
-        tiny.write_jsonl(mc[:5], root / "mmlu_cf" / f"{subject}_dev.jsonl")
-        tiny.write_jsonl(mc[5:], root / "mmlu_cf" / f"{subject}_val.jsonl")
-    longbench = [
-        {
-            "input": row["question"],
-            "context": row["answer"],
-            "answers": [row["answer"].rsplit("#### ", 1)[1]],
-            "length": 40,
-            "dataset": "2wikimqa",
-            "language": "en",
-            "all_classes": None,
-            "_id": f"id{i}",
-        }
-        for i, row in enumerate(rows[:2])
-    ]
-    tiny.write_jsonl(longbench, root / "longbench" / "2wikimqa.jsonl")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory) -> Path:
-    """This repo's tasks/ plus a rolling-loglikelihood task over the local GSM8K questions."""
-    root = tmp_path_factory.mktemp("tasks") / "tasks"
-    shutil.copytree(REPO / "tasks", root, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "offline" / "tsprompt_test_rolling.yaml").write_text(ROLLING_TASK)
-    return root
-
-
-@pytest.fixture(scope="module")
-def env(gsm8k_dir, data_dir) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "TSLOSS_GSM8K_DIR": str(gsm8k_dir),
-        "TSLOSS_DATA_DIR": str(data_dir),
-    }
-
-
-def _lm_eval_args(model: str, model_args: str, tasks: str, tasks_dir: Path, out: Path, batch_size: int, limit: int):
-    return [
-        str(LM_EVAL),
-        "--model", model,
-        "--model_args", f"{model_args},dtype=float32",
-        "--device", "cpu",
-        "--tasks", tasks,
-        "--include_path", str(tasks_dir),
-        "--limit", str(limit),
-        "--batch_size", str(batch_size),
-        "--gen_kwargs", "max_gen_toks=12",
-        "--output_path", str(out),
-        "--log_samples",
-    ]  # fmt: skip
-
-
-def _start(args, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc: subprocess.Popen, log: Path) -> str:
-    rc = proc.wait(timeout=600)
-    text = log.read_text()
-    assert rc == 0, f"{proc.args[:3]} failed (rc={rc}):\n{text[-4000:]}"
-    return text
-
-
-@pytest.fixture(scope="module")
 def started(tmp_path_factory, tiny_llama_dir, prompts, tasks_dir, env):
     """Every lm_eval subprocess of this module, started together (most of each is single-threaded
     imports): three comparison runs and one on a prompt of the wrong width."""
@@ -189,9 +87,9 @@ def started(tmp_path_factory, tiny_llama_dir, prompts, tasks_dir, env):
     }
     procs = {}
     for name, (model, model_args, tasks, bs) in specs.items():
-        args = _lm_eval_args(model, model_args, tasks, tasks_dir, root / name, bs, limit=3)
+        args = lm_eval_args(model, model_args, tasks, tasks_dir, root / name, bs, limit=3)
         log = root / f"{name}.log"
-        procs[name] = (_start(args, env, log), log, root / name)
+        procs[name] = (start_lm_eval(args, env, log), log, root / name)
     yield procs
     for proc, _, _ in procs.values():  # a test that failed early leaves no lm_eval running
         if proc.poll() is None:
@@ -202,19 +100,10 @@ def started(tmp_path_factory, tiny_llama_dir, prompts, tasks_dir, env):
 @pytest.fixture(scope="module")
 def runs(started) -> dict[str, dict]:
     return {
-        name: {"stdout": _finish(proc, log), **_read_output(out)}
+        name: {"stdout": finish_lm_eval(proc, log), **read_lm_eval_output(out)}
         for name, (proc, log, out) in started.items()
         if name in ("hf_peft_bs1", "tsprompt_bs1", "tsprompt_raw_bs4")
     }
-
-
-def _read_output(out: Path) -> dict:
-    (results_file,) = out.glob("*/results_*.json")
-    samples = {}
-    for path in out.glob("*/samples_*.jsonl"):
-        task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
-        samples[task] = {row["doc_id"]: row for row in map(json.loads, path.read_text().splitlines())}
-    return {"results": json.loads(results_file.read_text()), "samples": samples}
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -232,32 +121,15 @@ def test_registered_at_startup_without_heavy_imports(env):
     assert out.stdout.split() == ["TSPromptLM", "HFLM"]
 
 
-def _compare(reference: dict, other: dict, task: str) -> int:
-    ref, got = reference["samples"][task], other["samples"][task]
-    assert ref.keys() == got.keys() and ref, task
-    for doc_id, row in ref.items():
-        want, have = row["resps"], got[doc_id]["resps"]
-        assert len(want) == len(have)
-        for w, h in zip(want, have):
-            if isinstance(w[0], str):  # generate_until
-                assert h[0] == w[0], f"{task} doc {doc_id}: generation differs"
-            elif isinstance(w[0], list):  # loglikelihood: [logprob, is_greedy]
-                assert float(h[0][0]) == pytest.approx(float(w[0][0]), abs=LOGLIKELIHOOD_ATOL), f"{task} doc {doc_id}"
-                assert h[0][1] == w[0][1], f"{task} doc {doc_id}: is_greedy differs"
-            else:  # loglikelihood_rolling: a float
-                assert float(h[0]) == pytest.approx(float(w[0]), abs=LOGLIKELIHOOD_ATOL), f"{task} doc {doc_id}"
-    return len(ref)
-
-
 @pytest.mark.parametrize("run", ["tsprompt_bs1", "tsprompt_raw_bs4"])
 def test_equals_hf_peft(runs, run):
     reference = runs["hf_peft_bs1"]
-    assert _compare(reference, runs[run], "gsm8k") == 3
-    assert _compare(reference, runs[run], "tsprompt_test_rolling") == 3
+    assert compare_samples(reference, runs[run], "gsm8k") == 3
+    assert compare_samples(reference, runs[run], "tsprompt_test_rolling") == 3
     mmlu_tasks = [t for t in reference["samples"] if t.startswith("mmlu_cf_")]
     assert len(mmlu_tasks) == len(MMLU_CF_SUBJECTS)
     for task in mmlu_tasks:
-        _compare(reference, runs[run], task)
+        compare_samples(reference, runs[run], task)
     for task, metrics in reference["results"]["results"].items():
         for key, value in metrics.items():
             if isinstance(value, float) and "stderr" not in key:
@@ -352,13 +224,13 @@ def test_prompt_cache_equals_peft_forward_on_every_arch(tiny_model_dirs, tmp_pat
 
 
 def test_real_gsm8k_rows(real_gsm8k_dir, tiny_llama_dir, prompts, tasks_dir, env, tmp_path):
-    args = _lm_eval_args(
+    args = lm_eval_args(
         "tsprompt", f"pretrained={tiny_llama_dir},prompt={prompts['dir']}", "gsm8k_offline", tasks_dir,
         tmp_path / "real", 2, limit=2,
     )  # fmt: skip
-    proc = _start(args, {**env, "TSLOSS_GSM8K_DIR": str(real_gsm8k_dir)}, tmp_path / "real.log")
-    _finish(proc, tmp_path / "real.log")
-    run = _read_output(tmp_path / "real")
+    proc = start_lm_eval(args, {**env, "TSLOSS_GSM8K_DIR": str(real_gsm8k_dir)}, tmp_path / "real.log")
+    finish_lm_eval(proc, tmp_path / "real.log")
+    run = read_lm_eval_output(tmp_path / "real")
     first_real_question = json.loads((real_gsm8k_dir / "test.jsonl").open().readline())["question"]
     assert [row["doc"]["question"] for row in run["samples"]["gsm8k"].values()][0] == first_real_question
     assert "exact_match,strict-match" in run["results"]["results"]["gsm8k"]

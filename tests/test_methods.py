@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# The lm_eval helpers and the offline data/task fixtures of the tsprompt tests (pytest puts tests/ on
-# sys.path); the fixtures are re-instantiated for this module.
-from test_evaluation import _compare, _finish, _lm_eval_args, _read_output, _start, data_dir, env, tasks_dir  # noqa: F401
-from test_tune import _fails, _two_ranks, short_dir  # noqa: F401
+from helpers import compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval, tune_fails, two_ranks
 
 from tsloss_harness import tiny
 from tsloss_harness.data import load_examples
@@ -214,16 +211,16 @@ def test_adaptive_betas_logged_every_step_with_a_fixed_half(tiny_llama_dir, shor
 
 def test_bad_method_options_fail_with_one_line(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     common = ["--model", str(tiny_llama_dir), "--data_dir", str(gsm8k_dir), "--output_dir", str(tmp_path / "out")]
-    assert "unknown method 'lora'" in _fails([*common, "--method", "lora"], capsys)
-    assert "init 'vocab' is for --method prompt" in _fails([*common, "--method", "prefix", "--init", "vocab"], capsys)
-    assert "prefix_hidden_size must be >= 1 and is for --method prefix" in _fails(
+    assert "unknown method 'lora'" in tune_fails([*common, "--method", "lora"], capsys)
+    assert "init 'vocab' is for --method prompt" in tune_fails([*common, "--method", "prefix", "--init", "vocab"], capsys)
+    assert "prefix_hidden_size must be >= 1 and is for --method prefix" in tune_fails(
         [*common, "--method", "ptuning_v2", "--prefix_hidden_size", "8"], capsys)
-    err = _fails([*common, "--regularizer", "h0", "--adaptive_ratio_h1", "0.1"], capsys)
+    err = tune_fails([*common, "--regularizer", "h0", "--adaptive_ratio_h1", "0.1"], capsys)
     assert "adaptive_ratio_h1 needs a regularizer with an H1 term (tsloss, h1, ph_exact), got 'h0'" in err
-    assert "adaptive_ratio_h0 needs a regularizer with an H0 term" in _fails(
+    assert "adaptive_ratio_h0 needs a regularizer with an H0 term" in tune_fails(
         [*common, "--regularizer", "l2", "--adaptive_ratio_h0", "0.1"], capsys)
-    assert "adaptive_ratio_h0 must be a finite number >= 0" in _fails([*common, "--adaptive_ratio_h0", "-1"], capsys)
-    assert "adaptive_ratio_h0 needs lambda_ts > 0" in _fails([*common, "--adaptive_ratio_h0", "1", "--lambda_ts", "0"], capsys)
+    assert "adaptive_ratio_h0 must be a finite number >= 0" in tune_fails([*common, "--adaptive_ratio_h0", "-1"], capsys)
+    assert "adaptive_ratio_h0 needs lambda_ts > 0" in tune_fails([*common, "--adaptive_ratio_h0", "1", "--lambda_ts", "0"], capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -245,7 +242,7 @@ def trained(tmp_path_factory, tiny_llama_dir, gsm8k_dir) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, tiny_llama_dir, trained, tasks_dir, env):  # noqa: F811
+def compared(tmp_path_factory, tiny_llama_dir, trained, tasks_dir, env):
     """hf,peft= at batch size 1 per method, against tsprompt at batch size 1 (prefix) and 4 (ptuning_v2),
     all started together. Both methods' adapters reach tsprompt the same way (an inference-mode
     PREFIX_TUNING table; only the loading differs), so one batch size each covers both (each lm_eval
@@ -262,10 +259,10 @@ def compared(tmp_path_factory, tiny_llama_dir, trained, tasks_dir, env):  # noqa
     clean_env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     procs = {}
     for name, (model, model_args, task_list, bs) in specs.items():
-        args = _lm_eval_args(model, model_args, task_list, tasks_dir, root / name, bs, limit=3)
-        procs[name] = (_start(args, clean_env, root / f"{name}.log"), root / f"{name}.log", root / name)
+        args = lm_eval_args(model, model_args, task_list, tasks_dir, root / name, bs, limit=3)
+        procs[name] = (start_lm_eval(args, clean_env, root / f"{name}.log"), root / f"{name}.log", root / name)
     try:
-        yield {name: {"stdout": _finish(proc, log), **_read_output(out)} for name, (proc, log, out) in procs.items()}
+        yield {name: {"stdout": finish_lm_eval(proc, log), **read_lm_eval_output(out)} for name, (proc, log, out) in procs.items()}
     finally:
         for proc, _, _ in procs.values():
             if proc.poll() is None:
@@ -314,8 +311,8 @@ def test_trained_prefix_is_a_peft_adapter(method, trained, tiny_llama_dir, capsy
 @pytest.mark.parametrize("method, run_name", [("prefix", "tsprompt_bs1"), ("ptuning_v2", "tsprompt_bs4")])
 def test_tsprompt_equals_hf_peft_on_prefixes(method, run_name, compared):
     reference, other = compared[f"{method}_hf_peft_bs1"], compared[f"{method}_{run_name}"]
-    assert _compare(reference, other, "tsprompt_test_mc") == 3  # loglikelihoods of the 4 choices, acc
-    assert _compare(reference, other, "gsm8k") == 3  # the same generations
+    assert compare_samples(reference, other, "tsprompt_test_mc") == 3  # loglikelihoods of the 4 choices, acc
+    assert compare_samples(reference, other, "gsm8k") == 3  # the same generations
     assert all(row["resps"][0][0] for row in other["samples"]["gsm8k"].values())
     for task, metrics in reference["results"]["results"].items():
         for key, value in metrics.items():
@@ -385,7 +382,7 @@ def test_tsprompt_refuses_a_prefix_for_another_model(trained, tiny_tokenizer_dir
 
 
 @pytest.mark.slow
-def test_prefix_two_ranks_zero3_equal_one_rank(tiny_llama_dir, short_dir, tmp_path):  # noqa: F811
+def test_prefix_two_ranks_zero3_equal_one_rank(tiny_llama_dir, short_dir, tmp_path):
     """Prefix-Tuning (its MLP partitioned too) with adaptive weights under ZeRO-3: 2 ranks end with the
     prompt of 1 rank running the same two micro-batches in sequence (the ratio holds per micro-batch)."""
     ds_config = json.loads((REPO / "ds_configs" / "z3.json").read_text())
@@ -394,7 +391,7 @@ def test_prefix_two_ranks_zero3_equal_one_rank(tiny_llama_dir, short_dir, tmp_pa
     args = dict(method="prefix", num_samples=3, batch_size=2, max_steps=3, topology_every=3, eval_every=3,
                 eval_max_samples=2, adaptive_ratio_h0=0.5, ds_config=str(tmp_path / "ds.json"))
     one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", micro_batch_size=1, **args))
-    two = _two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
+    two = two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
     assert two["world_size"] == 2 and one["world_size"] == 1
     torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
                                rtol=1e-5, atol=1e-6)

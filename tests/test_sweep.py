@@ -75,3 +75,39 @@ def test_reuse_tolerates_fields_added_at_their_default(tmp_path):
     assert _finished(tmp_path, {**resolved, "seed": 4}) is None
     (tmp_path / "summary.json").write_text(json.dumps({"config": {**resolved, "gone": 1}}))
     assert _finished(tmp_path, resolved) is None  # a field that no longer exists: redo
+
+
+def test_settings_carry_their_own_tuner_values_and_regularizers(sweep_yaml):
+    config = load_sweep_config(sweep_yaml)
+    config.seeds = 1
+    config.settings = {
+        "single": 1,
+        "multi": {"num_samples": 3, "tune": {"num_virtual_tokens": 4, "lr": 0.02}, "regularizers": ["none"]},
+    }
+    result = run_sweep(config)
+    assert result["runs"] == 3  # single: none + tsloss; multi: none only
+    root = sweep_yaml.parent / "sweep" / "gsm8k"
+    multi = json.loads((root / "multi" / "none" / "seed-0" / "summary.json").read_text())["config"]
+    single = json.loads((root / "single" / "tsloss" / "seed-0" / "summary.json").read_text())["config"]
+    assert (multi["num_virtual_tokens"], multi["lr"], multi["num_samples"], multi["batch_size"]) == (4, 0.02, 3, 3)
+    assert (single["num_virtual_tokens"], single["lr"], single["num_samples"], single["batch_size"]) == (20, 0.01, 1, 1)
+    assert multi["data_dir"].endswith("gsm8k-seed0-3") and single["data_dir"].endswith("gsm8k-seed0-1")
+    assert not (root / "multi" / "tsloss").exists()
+    assert [(r["setting"], r["regularizer"]) for r in result["ratios"]] == [("single", "tsloss")]
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"num_samples": 0}, "positive integer"),
+        ({"rows": 10}, "unknown key"),
+        ({"num_samples": 2, "tune": {"learning_rate": 1}}, "settings.bad.tune"),
+        ({"num_samples": 2, "regularizers": ["tsloss"]}, "lack the baseline"),
+        ({"num_samples": 2, "regularizers": ["none", "nope"]}, "nope"),
+    ],
+)
+def test_bad_settings(sweep_yaml, setting, message):
+    config = load_sweep_config(sweep_yaml)
+    config.settings = {"bad": setting}
+    with pytest.raises(SweepError, match=message):
+        run_sweep(config)

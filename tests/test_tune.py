@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO, fresh_env, tune_fails, two_ranks
 from tsloss_harness import tiny
 from tsloss_harness.data import load_examples
 from tsloss_harness.prompt import load_prompt, load_provenance
 from tsloss_harness.topology import METRIC_KEYS
-from tsloss_harness.tune import DEFAULT_DS_CONFIG, TuneConfig, TuneError, _ds_config, load_config, main, run
+from tsloss_harness.tune import DEFAULT_DS_CONFIG, TuneConfig, TuneError, _ds_config, load_config, run
 
-REPO = Path(__file__).resolve().parent.parent
 TRAIN_KEYS = {"step", "epoch", "lr", "loss", "ce", "reg", "samples_per_s"}
 
 
@@ -34,16 +34,6 @@ def _config(model, data_dir, out, **overrides) -> TuneConfig:
 
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def short_dir(tmp_path_factory) -> Path:
-    """Four GSM8K-format rows with short answers: greedy generation for accuracy stays cheap."""
-    root = tmp_path_factory.mktemp("short")
-    rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"} for a, b in
-            [(2, 3), (4, 1), (7, 2), (6, 6)]]
-    tiny.write_jsonl(rows, root / "train.jsonl")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -196,15 +186,6 @@ def test_yaml_config_and_flag_override(tmp_path):
 # ------------------------------------------------------------------------------------ bad input
 
 
-def _fails(argv, capsys, code=2) -> str:
-    assert main(argv) == code
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    if code == 2:  # bad input: one line, before any library speaks
-        assert err.startswith("tsloss tune: ") and "\n" not in err
-    return err.splitlines()[-1]
-
-
 @pytest.mark.parametrize(
     "content, match",
     [
@@ -218,27 +199,27 @@ def test_bad_data_fails_before_the_model_loads(content, match, tmp_path, capsys)
     (tmp_path / "data" / "train.jsonl").write_text(content)
     out = tmp_path / "out"
     # --model is an existing directory but no model: the data fails first, so nothing loads it
-    err = _fails(["--model", str(REPO), "--data_dir", str(tmp_path / "data"), "--output_dir", str(out)], capsys)
+    err = tune_fails(["--model", str(REPO), "--data_dir", str(tmp_path / "data"), "--output_dir", str(out)], capsys)
     assert match in err
     assert not out.exists()
 
 
 def test_bad_arguments(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     common = ["--data_dir", str(gsm8k_dir), "--output_dir", str(tmp_path / "out")]
-    assert "model path not found: /no/such/model" in _fails(["--model", "/no/such/model", *common], capsys)
+    assert "model path not found: /no/such/model" in tune_fails(["--model", "/no/such/model", *common], capsys)
     model = ["--model", str(tiny_llama_dir)]
-    assert "unknown regularizer 'nope'" in _fails([*model, *common, "--regularizer", "nope"], capsys)
-    assert "unknown init 'zeros'" in _fails([*model, *common, "--init", "zeros"], capsys)
-    assert "has only 32 rows" in _fails([*model, *common, "--num_samples", "99"], capsys)
-    assert "unknown dataset 'squad'" in _fails([*model, *common, "--dataset", "squad"], capsys)
-    assert "--resume: no engine state" in _fails([*model, *common, "--resume"], capsys)
-    assert "model path not found: ./missing" in _fails(["--model", "./missing", *common], capsys)
+    assert "unknown regularizer 'nope'" in tune_fails([*model, *common, "--regularizer", "nope"], capsys)
+    assert "unknown init 'zeros'" in tune_fails([*model, *common, "--init", "zeros"], capsys)
+    assert "has only 32 rows" in tune_fails([*model, *common, "--num_samples", "99"], capsys)
+    assert "unknown dataset 'squad'" in tune_fails([*model, *common, "--dataset", "squad"], capsys)
+    assert "--resume: no engine state" in tune_fails([*model, *common, "--resume"], capsys)
+    assert "model path not found: ./missing" in tune_fails(["--model", "./missing", *common], capsys)
     (tmp_path / "run.yaml").write_text("lr: 1\nlearning_rate: 2\n")
-    assert "unknown key 'learning_rate'" in _fails([*model, *common, "--config", str(tmp_path / "run.yaml")], capsys)
+    assert "unknown key 'learning_rate'" in tune_fails([*model, *common, "--config", str(tmp_path / "run.yaml")], capsys)
     assert not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("x")
-    assert "output_dir is not empty" in _fails([*model, *common], capsys)
+    assert "output_dir is not empty" in tune_fails([*model, *common], capsys)
 
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
@@ -246,7 +227,7 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_llama_dir, g
     argv = ["--model", str(tiny_llama_dir), "--data_dir", str(gsm8k_dir), "--output_dir", str(out),
             "--num_samples", "2", "--batch_size", "2", "--max_steps", "5", "--warmup_ratio", "0", "--save_every", "1",
             "--eval_every", "0", "--topology_every", "0", "--lr", "1e30", "--max_grad_norm", "0", "--no-progress"]
-    err = _fails(argv, capsys, code=1)
+    err = tune_fails(argv, capsys, code=1)
     assert err.startswith("tsloss tune: non-finite loss at step") and "last good checkpoint" in err
     steps = [r["step"] for r in _lines(out / "metrics.jsonl")]
     assert not (out / "summary.json").exists() and not (out / "prompt").exists()
@@ -263,7 +244,7 @@ def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path
     argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=1, **args).__dict__.items()
             if v is not None and not isinstance(v, bool)]
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tune.py"), *argv, "--no-progress"], env=_fresh_env(),
+    proc = subprocess.Popen([sys.executable, str(REPO / "tune.py"), *argv, "--no-progress"], env=fresh_env(),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
@@ -304,7 +285,7 @@ def test_two_ranks_equal_one_rank(zero, tiny_llama_dir, short_dir, tmp_path):
     args = dict(num_samples=3, batch_size=2, max_steps=4, eval_every=4, topology_every=4,
                 ds_config=str(tmp_path / "ds.json"))
     one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", **args))
-    two = _two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
+    two = two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
     assert two["world_size"] == 2 and one["world_size"] == 1
     torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
                                rtol=1e-5, atol=1e-6)
@@ -312,28 +293,3 @@ def test_two_ranks_equal_one_rank(zero, tiny_llama_dir, short_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == b["lr"]
     assert two["final"]["accuracy"] == one["final"]["accuracy"]
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=1e-4)
-
-
-def _two_ranks(config: TuneConfig) -> dict:
-    """``config`` run by ``deepspeed --num_gpus 2 tune.py`` (two CPU ranks); its summary."""
-    argv = [f"--{k}={v}" for k, v in config.__dict__.items() if v is not None and not isinstance(v, bool)]
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(_free_port()), str(REPO / "tune.py"),
-                             *argv, "--no-progress"], capture_output=True, text=True, env=_fresh_env(), timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return json.loads((Path(config.output_dir) / "summary.json").read_text())
-
-
-def _fresh_env() -> dict:
-    """This process's environment without the rank variables an in-process run() has set (a child
-    that inherited them would try to join this process's process group)."""
-    rank_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    return {k: v for k, v in os.environ.items() if k not in rank_vars}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tsloss_harness.data import DataError, read_jsonl
 from tsloss_harness.leaderboard import TABLE_CSS, markdown_table, mean_ci, method_label, model_name
 from tsloss_harness.topology import METRIC_KEYS
 
@@ -87,17 +88,13 @@ def load_run(path: str | Path) -> Run:
     metrics_file = path / "metrics.jsonl"
     if not metrics_file.is_file():
         raise ReportError(f"{path}: no metrics.jsonl (not a tuner run directory)")
-    metrics = []
-    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{metrics_file}:{number}: invalid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ReportError(f"{metrics_file}:{number}: not a metrics record (needs an integer 'step')")
-        metrics.append(record)
+    try:
+        metrics = read_jsonl(metrics_file)
+    except DataError as err:
+        raise ReportError(str(err)) from None
+    bad = next((i for i, record in enumerate(metrics, 1) if not isinstance(record.get("step"), int)), None)
+    if bad is not None:
+        raise ReportError(f"{metrics_file}: record {bad} is not a metrics record (needs an integer 'step')")
     summary = None
     if (path / "summary.json").is_file():
         try:
