@@ -6,6 +6,8 @@ multi-sample) is ``configs/sweep_convergence.yaml``; on the CPU testbed it runs 
 
     tsloss sweep --config configs/sweep_convergence.yaml
 
+A setting is a number of training rows, or ``{num_samples, tune, regularizers}`` with tuner values and
+regularizers for that setting alone (the multi-sample setting needs a longer prompt on the testbed).
 Each run is an ordinary tuner run directory, ``<output_dir>/<dataset>/<setting>/<regularizer>/seed-<s>``.
 A run whose ``summary.json`` holds the same resolved tuner config is reused, never redone; a run that
 was interrupted (no summary) is started again from scratch. At the end the sweep writes the
@@ -35,7 +37,9 @@ class SweepConfig:
     datasets: list[str] = field(default_factory=lambda: ["gsm8k"])
     # "generated": GSM8K-format rows generated per seed (gsm8k only); a folder; or None for the hub
     data_dir: str | None = "generated"
-    settings: dict[str, int] = field(default_factory=lambda: {"single": 1, "multi": 10})  # name -> num_samples
+    # name -> num_samples, or name -> {num_samples: N, tune: {...}, regularizers: [...]}: TuneConfig
+    # values for that setting only (on top of ``tune``), and its own regularizers (default: ``regularizers``)
+    settings: dict[str, Any] = field(default_factory=lambda: {"single": 1, "multi": 10})
     regularizers: list[str] = field(default_factory=lambda: ["none", "h0", "h1", "tsloss"])
     seeds: list[int] | int = 20  # a count n means seeds 0..n-1
     tune: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +67,29 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
 
 def _seeds(config: SweepConfig) -> list[int]:
     return list(range(config.seeds)) if isinstance(config.seeds, int) else [int(s) for s in config.seeds]
+
+
+def _settings(config: SweepConfig) -> dict[str, tuple[int, dict[str, Any], list[str]]]:
+    """Each setting as (num_samples, its own tuner values, its regularizers)."""
+    settings = {}
+    for name, value in config.settings.items():
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"num_samples", "tune", "regularizers"})
+            if unknown or "num_samples" not in value:
+                raise SweepError(
+                    f"setting {name!r}: give a number of rows or {{num_samples: N, tune: {{...}}, regularizers: [...]}}"
+                    + (f" (unknown key(s) {', '.join(unknown)})" if unknown else "")
+                )
+            num_samples, tune = value["num_samples"], dict(value.get("tune") or {})
+            regularizers = list(value.get("regularizers") or config.regularizers)
+        else:
+            num_samples, tune, regularizers = value, {}, list(config.regularizers)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise SweepError(f"setting {name!r}: num_samples must be a positive integer, not {num_samples!r}")
+        if config.baseline not in regularizers:
+            raise SweepError(f"setting {name!r}: its regularizers lack the baseline {config.baseline!r}")
+        settings[name] = (num_samples, tune, regularizers)
+    return settings
 
 
 def _model(config: SweepConfig) -> str:
@@ -118,13 +145,15 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     from tsloss_harness.losses import REGULARIZERS
     from tsloss_harness.tune import TuneConfig, run
 
-    bad = [r for r in config.regularizers if r not in REGULARIZERS]
+    settings = _settings(config)
+    bad = sorted({r for _, _, regs in settings.values() for r in regs if r not in REGULARIZERS})
     if bad:
         raise SweepError(f"unknown regularizer(s) {', '.join(bad)} (choose from {', '.join(REGULARIZERS)})")
     tune_fields = {f.name for f in dataclasses.fields(TuneConfig)}
-    unknown = sorted(set(config.tune) - tune_fields)
-    if unknown:
-        raise SweepError(f"unknown tuner setting(s) under 'tune': {', '.join(unknown)}")
+    for where, values in [("tune", config.tune)] + [(f"settings.{n}.tune", t) for n, (_, t, _) in settings.items()]:
+        unknown = sorted(set(values) - tune_fields)
+        if unknown:
+            raise SweepError(f"unknown tuner setting(s) under '{where}': {', '.join(unknown)}")
 
     model = _model(config)
     shared: dict[str, Any] = {"progress": False}
@@ -138,27 +167,26 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     seeds = _seeds(config)
     plan = [
-        (dataset, setting, num_samples, reg, seed)
-        for dataset in config.datasets
-        for setting, num_samples in config.settings.items()
-        for reg in config.regularizers
-        for seed in seeds
+        (dataset, setting, reg, seed) for dataset in config.datasets for setting, (_, _, regs) in settings.items()
+        for reg in regs for seed in seeds
     ]
     from tqdm.auto import tqdm
 
     results: dict[tuple, dict] = {}
     reused = 0
-    for dataset, setting, num_samples, reg, seed in tqdm(plan, desc="sweep", unit="run"):
+    for dataset, setting, reg, seed in tqdm(plan, desc="sweep", unit="run"):
+        num_samples, setting_tune, _ = settings[setting]
         run_dir = out / dataset / setting / reg / f"seed-{seed}"
         tune_config = TuneConfig(
             **{
                 **shared,
+                **setting_tune,
                 "model": model,
                 "dataset": dataset,
-                "data_dir": _data_dir(config, dataset, seed, max(config.settings.values())),
+                "data_dir": _data_dir(config, dataset, seed, num_samples),
                 "num_samples": num_samples,
                 # the paper's batch of 8, or the whole set when it is smaller (single-sample: 1)
-                "batch_size": config.tune.get("batch_size", min(8, num_samples)),
+                "batch_size": {**config.tune, **setting_tune}.get("batch_size", min(8, num_samples)),
                 "regularizer": reg,
                 "seed": seed,
                 "output_dir": str(run_dir),
@@ -181,9 +209,9 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
 
     ratios = []
     for dataset in config.datasets:
-        for setting in config.settings:
+        for setting, (_, _, regs) in settings.items():
             base = [results[(dataset, setting, config.baseline, s)]["converged_step"] for s in seeds]
-            for reg in config.regularizers:
+            for reg in regs:
                 if reg == config.baseline:
                     continue
                 ours = [results[(dataset, setting, reg, s)]["converged_step"] for s in seeds]
