@@ -129,6 +129,21 @@ def test_ratio_ci_is_the_log_delta_method():
     assert leaderboard.ratio_ci([5.0], [10.0]) == (0.5, None, None)
 
 
+def test_paired_ratio_ci_is_scipys_paired_t_on_log_ratios():
+    a, b = [6.0, 8.0, 7.0, 9.0, 30.0], [10.0, 14.0, 12.0, 11.0, 40.0]
+    ratio, low, high = leaderboard.paired_ratio_ci(a, b)
+    logs_a, logs_b = [math.log(v) for v in a], [math.log(v) for v in b]
+    ci = stats.ttest_rel(logs_a, logs_b).confidence_interval(0.95)
+    assert ratio == pytest.approx(math.exp(sum(x - y for x, y in zip(logs_a, logs_b)) / 5))
+    assert (low, high) == (pytest.approx(math.exp(ci.low)), pytest.approx(math.exp(ci.high)))
+    # pairing removes the spread between seeds: narrower than the unpaired interval on the same runs
+    _, unpaired_low, unpaired_high = leaderboard.ratio_ci(a, b)
+    assert high / low < unpaired_high / unpaired_low
+    assert leaderboard.paired_ratio_ci([5.0], [10.0]) == (0.5, None, None)
+    with pytest.raises(ValueError, match="equally long"):
+        leaderboard.paired_ratio_ci([1.0, 2.0], [1.0])
+
+
 def test_csv_is_long_form_with_missing_cells(inputs, tmp_path):
     out = tmp_path / "board.csv"
     assert leaderboard.main([str(p) for p in inputs] + ["-o", str(out)]) == 0

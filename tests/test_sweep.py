@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,6 +41,9 @@ def test_sweep_runs_reuses_and_reports(sweep_yaml, capsys):
     assert "Table IV" in (root / "board.md").read_text()
     ratios = json.loads((root / "ratios.json").read_text())
     assert [r["regularizer"] for r in ratios] == ["tsloss"] and ratios[0]["runs"] == 2
+    assert "paired by seed" in out
+    for key in ("ratio", "ci95", "converged", "baseline_converged", "paired_ratio", "paired_ci95", "pairs"):
+        assert key in ratios[0]
 
     # A second call reuses every finished run; an interrupted one (no summary) is redone.
     (root / "gsm8k" / "single" / "tsloss" / "seed-1" / "summary.json").unlink()
@@ -111,3 +115,29 @@ def test_bad_settings(sweep_yaml, setting, message):
     config.settings = {"bad": setting}
     with pytest.raises(SweepError, match=message):
         run_sweep(config)
+
+
+def test_ratios_from_converged_steps(sweep_yaml, monkeypatch):
+    """The printed ratios come from each run's converged_step: unpaired over converged runs, paired
+    over the seeds where both converged (runs replaced by summaries with known steps)."""
+    import dataclasses
+
+    from tsloss_harness import leaderboard, tune
+
+    steps = {("none", 0): 20, ("none", 1): 40, ("none", 2): None, ("tsloss", 0): 10, ("tsloss", 1): 30, ("tsloss", 2): 50}
+
+    def fake_run(config):
+        summary = {"config": dataclasses.asdict(config), "converged_step": steps[(config.regularizer, config.seed)], "steps": 1}
+        out = Path(config.output_dir)
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(tune, "run", fake_run)
+    config = load_sweep_config(sweep_yaml)
+    config.seeds = 3
+    (r,) = run_sweep(config)["ratios"]
+    assert (r["converged"], r["baseline_converged"], r["pairs"]) == (3, 2, 2)
+    assert r["ratio"] == pytest.approx(30 / 30) and r["ci95"] == list(leaderboard.ratio_ci([10, 30, 50], [20, 40])[1:])
+    assert r["paired_ratio"] == pytest.approx((10 / 20 * 30 / 40) ** 0.5)
+    assert r["paired_ci95"] == list(leaderboard.paired_ratio_ci([10, 30], [20, 40])[1:])

@@ -40,6 +40,7 @@ __all__ = [
     "main",
     "mean_ci",
     "method_label",
+    "paired_ratio_ci",
     "ratio_ci",
     "render",
 ]
@@ -106,6 +107,26 @@ def ratio_ci(
     dof = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
     t = float(stats.t.ppf(0.5 + confidence / 2, dof))
     return ratio, ratio * math.exp(-t * se), ratio * math.exp(t * se)
+
+
+def paired_ratio_ci(
+    numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float | None, float | None]:
+    """The geometric mean of per-pair ratios numerator[i] / denominator[i] with a Student-t CI on the
+    mean log ratio. For runs that share a seed (the same rows and initial prompt, as in a sweep):
+    pairing removes the spread of difficulty between seeds, which dominates ``ratio_ci``'s interval.
+    Returns (ratio, low, high); the bounds are None unless there are >= 2 pairs."""
+    from scipy import stats
+
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("paired_ratio_ci needs two equally long, non-empty sequences")
+    logs = [math.log(float(a) / float(b)) for a, b in zip(numerator, denominator)]
+    mean = math.fsum(logs) / len(logs)
+    if len(logs) < 2:
+        return math.exp(mean), None, None
+    se = math.sqrt(math.fsum((v - mean) ** 2 for v in logs) / (len(logs) - 1) / len(logs))
+    t = float(stats.t.ppf(0.5 + confidence / 2, len(logs) - 1))
+    return math.exp(mean), math.exp(mean - t * se), math.exp(mean + t * se)
 
 
 # ---------------------------------------------------------------------------------- measurements

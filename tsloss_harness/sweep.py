@@ -11,7 +11,9 @@ regularizers for that setting alone (the multi-sample setting needs a longer pro
 Each run is an ordinary tuner run directory, ``<output_dir>/<dataset>/<setting>/<regularizer>/seed-<s>``.
 A run whose ``summary.json`` holds the same resolved tuner config is reused, never redone; a run that
 was interrupted (no summary) is started again from scratch. At the end the sweep writes the
-leaderboard (``board.md``) and prints the measured TSLoss ÷ CE ratio of iterations to convergence.
+leaderboard (``board.md``) and prints the measured TSLoss ÷ CE ratio of iterations to convergence: the
+ratio of means over converged runs, and the geometric mean of per-seed ratios (runs of one seed share
+their rows and initial prompt), each with a 95% CI.
 """
 
 from __future__ import annotations
@@ -217,6 +219,9 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                 ours = [results[(dataset, setting, reg, s)]["converged_step"] for s in seeds]
                 a, b = [v for v in ours if v is not None], [v for v in base if v is not None]
                 ratio = leaderboard.ratio_ci(a, b) if a and b else (None, None, None)
+                # seeds where both converged (at a step > 0: a ratio needs it), same rows and initial prompt
+                pairs = [(o, c) for o, c in zip(ours, base) if o and c]
+                paired = leaderboard.paired_ratio_ci(*zip(*pairs)) if pairs else (None, None, None)
                 ratios.append(
                     {
                         "dataset": dataset,
@@ -228,6 +233,9 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                         "converged": len(a),
                         "baseline_converged": len(b),
                         "runs": len(seeds),
+                        "paired_ratio": paired[0],
+                        "paired_ci95": [paired[1], paired[2]],
+                        "pairs": len(pairs),
                     }
                 )
     (out / "ratios.json").write_text(json.dumps(ratios, indent=2) + "\n")
@@ -263,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {r['dataset']} {r['setting']}: {r['regularizer']} ÷ {r['baseline']} iterations to convergence "
             f"= {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; "
-            f"converged {r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['runs']})"
+            f"converged {r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['runs']}); "
+            f"paired by seed {_fmt(r['paired_ratio'])} (95% CI {_fmt(r['paired_ci95'][0])}–{_fmt(r['paired_ci95'][1])}, "
+            f"{r['pairs']} seeds)"
         )
     return 0
 
