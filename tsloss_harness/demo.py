@@ -152,8 +152,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     # 4. lm-eval, with and without the prompt
     if not args.skip_eval:
         t0 = time.perf_counter()
-        # Without the rendezvous variables the tuner set for its one-rank DeepSpeed group in this
-        # process: lm-eval would otherwise try to join it (and fail on the port still in use).
+        # Without rendezvous variables (a launcher's, if the demo runs under one): lm-eval would
+        # otherwise try to join that process group. The tuner removes the ones it sets itself.
         env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
         env.update(OFFLINE_ENV, TSLOSS_GSM8K_DIR=str(data_dir.resolve()), OMP_NUM_THREADS=str(args.threads),
                    MKL_NUM_THREADS=str(args.threads))
@@ -191,7 +191,7 @@ def _tune(args, model: Path, data_dir: Path, run_dir: Path) -> dict:
 
     import transformers
 
-    from tsloss_harness.data import DataError
+    from tsloss_harness.data import DataError, read_jsonl
     from tsloss_harness.testbed import TUNE_DEFAULTS
     from tsloss_harness.tune import TuneConfig, TuneError, run
 
@@ -231,8 +231,7 @@ def _tune(args, model: Path, data_dir: Path, run_dir: Path) -> dict:
         raise DemoError(f"tune: {e}") from None
     finally:
         torch.set_num_threads(threads)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    first, final = metrics[0], result["final"]
+    first, final = read_jsonl(run_dir / "metrics.jsonl")[0], result["final"]
     return {
         "run_dir": str(run_dir.resolve()),
         "prompt_dir": str((run_dir / "prompt").resolve()),

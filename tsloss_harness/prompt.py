@@ -99,7 +99,7 @@ def make_prompt_config(
     fails wherever that path does not exist, only for the saved weights to overwrite the result.
     With ``RANDOM`` PEFT needs nothing but the adapter files.
     """
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+    from peft import PromptTuningConfig, PromptTuningInit
 
     if not isinstance(init, str) or not init:
         raise ValueError(f"init must be a non-empty string such as 'normal', got {init!r}")
@@ -108,13 +108,7 @@ def make_prompt_config(
         num_attention_heads=num_attention_heads,
     )
     return PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        base_model_name_or_path=None if base_model_name_or_path is None else str(base_model_name_or_path),
-        num_virtual_tokens=num_virtual_tokens,
-        token_dim=token_dim,
-        num_layers=num_layers,
-        num_attention_heads=num_attention_heads,
-        num_transformer_submodules=1,  # what PEFT fills in for decoder-only models
+        **_causal_lm_fields(base_model_name_or_path, num_virtual_tokens, token_dim, num_layers, num_attention_heads),
         prompt_tuning_init=PromptTuningInit.RANDOM,
     )
 
@@ -123,6 +117,21 @@ def _check_positive_ints(**values) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _causal_lm_fields(base_model_name_or_path, num_virtual_tokens, token_dim, num_layers, num_attention_heads) -> dict:
+    """The fields every prompt-learning config of a decoder-only model shares."""
+    from peft import TaskType
+
+    return dict(
+        task_type=TaskType.CAUSAL_LM,
+        base_model_name_or_path=None if base_model_name_or_path is None else str(base_model_name_or_path),
+        num_virtual_tokens=num_virtual_tokens,
+        token_dim=token_dim,
+        num_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+        num_transformer_submodules=1,  # what PEFT fills in for decoder-only models
+    )
 
 
 def make_prefix_config(
@@ -143,7 +152,7 @@ def make_prefix_config(
     so the config on disk says exactly how the stored [P, num_layers*2*token_dim] matrix is laid out.
     ``encoder_hidden_size`` (the MLP's hidden width) defaults to PEFT's choice, ``token_dim``.
     """
-    from peft import PrefixTuningConfig, TaskType
+    from peft import PrefixTuningConfig
 
     _check_positive_ints(
         num_virtual_tokens=num_virtual_tokens, num_layers=num_layers, num_key_value_heads=num_key_value_heads,
@@ -151,13 +160,7 @@ def make_prefix_config(
     )
     token_dim = num_key_value_heads * head_dim
     return PrefixTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        base_model_name_or_path=None if base_model_name_or_path is None else str(base_model_name_or_path),
-        num_virtual_tokens=num_virtual_tokens,
-        token_dim=token_dim,
-        num_layers=num_layers,
-        num_attention_heads=num_key_value_heads,
-        num_transformer_submodules=1,
+        **_causal_lm_fields(base_model_name_or_path, num_virtual_tokens, token_dim, num_layers, num_key_value_heads),
         prefix_projection=bool(projection),
         encoder_hidden_size=token_dim if encoder_hidden_size is None else encoder_hidden_size,
     )
