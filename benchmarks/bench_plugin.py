@@ -2,7 +2,7 @@
 
     python benchmarks/bench_plugin.py [--limit 24] [--batch-size 8] [--repeats 2]
 
-Builds a small random Llama (tsloss_harness.tiny) and a P-token prompt directory, writes local
+Builds a small random Llama (tsloss_harness.testbed.tiny) and a P-token prompt directory, writes local
 GSM8K (generation) and MMLU-CF (multiple choice, 0-shot) files -- or uses the real GSM8K rows when
 TSLOSS_GSM8K_DIR is set -- and times lm-eval's ``simple_evaluate`` on the offline task groups for
 both models, alternating them ``--repeats`` times and keeping each one's best time (the models are
@@ -35,7 +35,9 @@ def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
     import torch
     from transformers import AutoConfig
 
-    from tsloss_harness import tiny
+    from tsloss_harness.data import write_jsonl
+
+    from tsloss_harness.testbed import problems, tiny
     from tsloss_harness.prompt import make_prompt_config, save_prompt
 
     model_dir = tiny.build_tiny_model(
@@ -51,17 +53,17 @@ def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
     prompt_dir = save_prompt(root / "prompt", matrix, peft_config=peft_config, provenance={"method": "bench"})
 
     data = root / "data"
-    tiny.write_jsonl(tiny.generate_gsm8k_rows(64, seed=1), data / "gsm8k" / "train.jsonl")
-    tiny.write_jsonl(tiny.generate_gsm8k_rows(64, seed=2), data / "gsm8k" / "test.jsonl")
-    rows = tiny.generate_gsm8k_rows(len(SUBJECTS) * 12, seed=3)
+    write_jsonl(problems.generate_gsm8k_rows(64, seed=1), data / "gsm8k" / "train.jsonl")
+    write_jsonl(problems.generate_gsm8k_rows(64, seed=2), data / "gsm8k" / "test.jsonl")
+    rows = problems.generate_gsm8k_rows(len(SUBJECTS) * 12, seed=3)
     for i, subject in enumerate(SUBJECTS):
         mc = []
         for j, row in enumerate(rows[i * 12 : (i + 1) * 12]):
             n = int(row["answer"].rsplit("#### ", 1)[1])
             mc.append({"Question": row["question"], "A": str(n), "B": str(n + 1), "C": str(n + 2), "D": str(n + 3),
                        "Answer": "A"})  # fmt: skip
-        tiny.write_jsonl(mc[:5], data / "mmlu_cf" / f"{subject}_dev.jsonl")
-        tiny.write_jsonl(mc[5:], data / "mmlu_cf" / f"{subject}_val.jsonl")
+        write_jsonl(mc[:5], data / "mmlu_cf" / f"{subject}_dev.jsonl")
+        write_jsonl(mc[5:], data / "mmlu_cf" / f"{subject}_val.jsonl")
     os.environ.setdefault("TSLOSS_DATA_DIR", str(data))
     os.environ.setdefault("TSLOSS_GSM8K_DIR", str(data / "gsm8k"))
     return model_dir, prompt_dir

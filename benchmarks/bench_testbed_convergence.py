@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def tune_one(model_dir: Path, row: dict, seed: int, work: Path, overrides: dict) -> dict:
-    from tsloss_harness.tiny import write_jsonl
+    from tsloss_harness.data import write_jsonl
     from tsloss_harness.tune import TuneConfig, run
 
     data_dir = work / "data"
@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    from tsloss_harness import testbed
-    from tsloss_harness.tiny import build_tiny_model, generate_gsm8k_rows
+    from tsloss_harness.testbed import pretrain as testbed
+    from tsloss_harness.testbed.problems import generate_gsm8k_rows
+    from tsloss_harness.testbed.tiny import build_tiny_model
 
     overrides = dict(testbed.TUNE_DEFAULTS)
     for key in ("regularizer", "lr", "max_steps"):

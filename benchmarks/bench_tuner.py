@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from tsloss_harness import tiny
+    from tsloss_harness.data import write_jsonl
+
+    from tsloss_harness.testbed import problems, tiny
     from tsloss_harness.data import load_examples
     from tsloss_harness.losses import get_regularizer
     from tsloss_harness.prompt import load_prompt
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = os.environ.get("TSLOSS_GSM8K_DIR")
     if not data_dir:
         data_dir = work / "gsm8k"
-        tiny.write_jsonl(tiny.generate_gsm8k_rows(num_rows, seed=0), data_dir / "train.jsonl")
+        write_jsonl(problems.generate_gsm8k_rows(num_rows, seed=0), data_dir / "train.jsonl")
     print(f"model: llama 4x256, vocab 65,536; data: {'real GSM8K' if os.environ.get('TSLOSS_GSM8K_DIR') else 'generated GSM8K-format'} rows; "
           f"batch {args.batch_size}; {args.num_virtual_tokens} virtual tokens; {args.steps} steps; torch threads {torch.get_num_threads()}")
 

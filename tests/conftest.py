@@ -18,7 +18,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers import MMLU_CF_SUBJECTS, REPO, ROLLING_TASK  # noqa: E402
-from tsloss_harness import tiny  # noqa: E402  (after the offline switches)
+from tsloss_harness.data import write_jsonl
+from tsloss_harness.testbed import problems, tiny  # noqa: E402  (after the offline switches)
 
 
 @pytest.fixture(scope="session")
@@ -42,22 +43,22 @@ def tiny_llama_dir(tiny_model_dirs) -> Path:
 def quick_testbed_dir(tmp_path_factory) -> Path:
     """The "quick" testbed (llama, generated corpus, seed 0), built once per session outside any cache
     (tests/test_testbed.py, tests/test_demo.py)."""
-    from tsloss_harness import testbed
+    from tsloss_harness.testbed import pretrain as testbed
 
     return testbed.build_testbed(tmp_path_factory.mktemp("quick") / "llama", size="quick", cache=False, progress=False)
 
 
 @pytest.fixture(scope="session")
 def gsm8k_rows() -> list[dict]:
-    return tiny.generate_gsm8k_rows(16, seed=0)
+    return problems.generate_gsm8k_rows(16, seed=0)
 
 
 @pytest.fixture(scope="session")
 def gsm8k_dir(tmp_path_factory) -> Path:
     """A folder with generated ``train.jsonl`` (32 rows) and ``test.jsonl`` (16 rows), disjoint seeds."""
     root = tmp_path_factory.mktemp("gsm8k")
-    tiny.write_jsonl(tiny.generate_gsm8k_rows(32, seed=1), root / "train.jsonl")
-    tiny.write_jsonl(tiny.generate_gsm8k_rows(16, seed=2), root / "test.jsonl")
+    write_jsonl(problems.generate_gsm8k_rows(32, seed=1), root / "train.jsonl")
+    write_jsonl(problems.generate_gsm8k_rows(16, seed=2), root / "test.jsonl")
     return root
 
 
@@ -77,7 +78,7 @@ def real_gsm8k_dir() -> Path:
 def data_dir(tmp_path_factory) -> Path:
     """TSLOSS_DATA_DIR with MMLU-CF (every subject) and one LongBench subset, in their own schemas."""
     root = tmp_path_factory.mktemp("data")
-    rows = tiny.generate_gsm8k_rows(14 * 6, seed=3)
+    rows = problems.generate_gsm8k_rows(14 * 6, seed=3)
     for i, subject in enumerate(MMLU_CF_SUBJECTS):
         mc = []
         for j, row in enumerate(rows[i * 6 : (i + 1) * 6]):
@@ -86,8 +87,8 @@ def data_dir(tmp_path_factory) -> Path:
             letter = "ABCD"[j % 4]
             choices.insert("ABCD".index(letter), choices.pop(0))
             mc.append({"Question": row["question"], **dict(zip("ABCD", choices)), "Answer": letter})
-        tiny.write_jsonl(mc[:5], root / "mmlu_cf" / f"{subject}_dev.jsonl")
-        tiny.write_jsonl(mc[5:], root / "mmlu_cf" / f"{subject}_val.jsonl")
+        write_jsonl(mc[:5], root / "mmlu_cf" / f"{subject}_dev.jsonl")
+        write_jsonl(mc[5:], root / "mmlu_cf" / f"{subject}_val.jsonl")
     longbench = [
         {
             "input": row["question"],
@@ -101,7 +102,7 @@ def data_dir(tmp_path_factory) -> Path:
         }
         for i, row in enumerate(rows[:2])
     ]
-    tiny.write_jsonl(longbench, root / "longbench" / "2wikimqa.jsonl")
+    write_jsonl(longbench, root / "longbench" / "2wikimqa.jsonl")
     return root
 
 @pytest.fixture(scope="session")
@@ -130,5 +131,5 @@ def short_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("short")
     rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"} for a, b in
             [(2, 3), (4, 1), (7, 2), (6, 6)]]
-    tiny.write_jsonl(rows, root / "train.jsonl")
+    write_jsonl(rows, root / "train.jsonl")
     return root

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tsloss_harness import demo, tiny
+from tsloss_harness.data import read_jsonl
+
+from tsloss_harness.testbed import demo, problems
 from tsloss_harness.topology import METRIC_KEYS
 
 
@@ -28,8 +30,8 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
 
     summary = json.loads((out / "demo.json").read_text())
     # The scored rows are the testbed's held-out rows: its generator, its seed, the corpus's first rows.
-    rows = tiny.read_jsonl(out / "data" / "test.jsonl")
-    assert rows == tiny.read_jsonl(out / "data" / "train.jsonl") == tiny.generate_gsm8k_rows(2, seed=0)
+    rows = read_jsonl(out / "data" / "test.jsonl")
+    assert rows == read_jsonl(out / "data" / "train.jsonl") == problems.generate_gsm8k_rows(2, seed=0)
 
     tune = summary["tune"]
     assert tune["steps"] == 10 and (out / "tune" / "prompt" / "tsloss.json").is_file()

@@ -17,7 +17,7 @@ import torch
 
 from helpers import compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval, tune_fails, two_ranks
 
-from tsloss_harness import tiny
+from tsloss_harness.testbed import tiny
 from tsloss_harness.data import load_examples
 from tsloss_harness.losses import get_regularizer, ts_loss
 from tsloss_harness.prompt import PROMPT_METHODS, load_peft_config, load_prompt, load_provenance, make_method_config

@@ -9,7 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tsloss_harness import testbed, tiny
+from tsloss_harness.data import write_jsonl
+
+from tsloss_harness.testbed import pretrain as testbed
+from tsloss_harness.testbed import problems, tiny
 
 
 @pytest.fixture()
@@ -146,7 +149,7 @@ def test_soft_prompt_steers_quick_testbed_not_random_fixture(quick_testbed_dir, 
         "llama", tmp_path / "random", seed=0, tokenizer_dir=quick_testbed_dir, **testbed.SIZES["quick"].model
     )
     row_dir = tmp_path / "data"
-    tiny.write_jsonl(tiny.generate_gsm8k_rows(1, seed=10_000), row_dir / "train.jsonl")  # not in the corpus
+    write_jsonl(problems.generate_gsm8k_rows(1, seed=10_000), row_dir / "train.jsonl")  # not in the corpus
     steered = _answer_ce_curve(quick_testbed_dir, row_dir, tmp_path / "tb", steps=60)
     unsteered = _answer_ce_curve(random_dir, row_dir, tmp_path / "rnd", steps=60)
     # Measured (llama, seed 0): testbed 1.15 -> 0.69 nats (-40%); random fixture 7.08 -> 6.77 (-4%).

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from helpers import REPO, fresh_env, tune_fails, two_ranks
-from tsloss_harness import tiny
+from tsloss_harness.data import write_jsonl
+from tsloss_harness.testbed import tiny
 from tsloss_harness.data import load_examples
 from tsloss_harness.prompt import load_prompt, load_provenance
 from tsloss_harness.topology import METRIC_KEYS
-from tsloss_harness.tune import DEFAULT_DS_CONFIG, TuneConfig, TuneError, _ds_config, load_config, run
+from tsloss_harness.tune import TuneConfig, TuneError, _ds_config, load_config, run
 
 TRAIN_KEYS = {"step", "epoch", "lr", "loss", "ce", "reg", "samples_per_s"}
 
@@ -40,7 +41,7 @@ def _lines(path: Path) -> list[dict]:
 def one_row_dir(tmp_path_factory) -> Path:
     """A single short GSM8K-format row a random tiny model can memorise in a few steps."""
     root = tmp_path_factory.mktemp("one")
-    tiny.write_jsonl([{"question": "What is 2 plus 3?", "answer": "#### 5"}], root / "train.jsonl")
+    write_jsonl([{"question": "What is 2 plus 3?", "answer": "#### 5"}], root / "train.jsonl")
     return root
 
 
@@ -158,8 +159,11 @@ def test_converged_step_on_a_single_learnable_sample(tiny_tokenizer_dir, one_row
 
 
 def test_ds_configs_on_disk():
-    z2 = json.loads((REPO / "ds_configs" / "z2.json").read_text())
-    assert z2 == DEFAULT_DS_CONFIG
+    # The default is the shipped z2.json (one home): the same filled config as naming that file.
+    z2 = str(REPO / "ds_configs" / "z2.json")
+    default = _ds_config(TuneConfig(model="m"), world_size=1, total_steps=10)
+    assert default == _ds_config(TuneConfig(model="m", ds_config=z2), world_size=1, total_steps=10)
+    assert default["zero_optimization"]["stage"] == 2
     for name, stage in (("z3", 3), ("z3_offload", 3)):
         assert json.loads((REPO / "ds_configs" / f"{name}.json").read_text())["zero_optimization"]["stage"] == stage
 

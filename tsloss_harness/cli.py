@@ -11,8 +11,8 @@ import sys
 
 SUBCOMMANDS = {
     "tune": ("tsloss_harness.tune", "train a soft prompt (same flags as tune.py)"),
-    "demo": ("tsloss_harness.demo", "testbed -> TSLoss prompt -> lm_eval with and without it -> HTML report"),
-    "testbed": ("tsloss_harness.testbed", "pretrain a tiny causal LM that soft prompts can steer"),
+    "demo": ("tsloss_harness.testbed.demo", "testbed -> TSLoss prompt -> lm_eval with and without it -> HTML report"),
+    "testbed": ("tsloss_harness.testbed.pretrain", "pretrain a tiny causal LM that soft prompts can steer"),
     "topology": ("tsloss_harness.topology", "persistent-homology metrics of a prompt (directory or tensor file)"),
     "report": ("tsloss_harness.report", "HTML/Markdown report of one or more tuner runs"),
     "leaderboard": ("tsloss_harness.leaderboard", "paper-style tables from lm-eval results and tuner runs"),

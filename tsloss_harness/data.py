@@ -141,6 +141,16 @@ def render(template: str, row: dict) -> str:
     return _JINJA.from_string(template).render(**row)
 
 
+def write_jsonl(rows, path: str | Path) -> Path:
+    """Write ``rows`` (dicts) as JSONL, creating the parent folder; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSONL file; a malformed line raises DataError naming the file and line."""
     path = Path(path)

@@ -43,6 +43,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tsloss_harness.resources import resource_dir
+
 __all__ = [
     "KNOWN_MODELS",
     "ModelShape",
@@ -57,7 +59,6 @@ GIB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 PREFETCH_BUCKET_DEFAULT = 50_000_000  # DeepSpeed's stage3_prefetch_bucket_size default (elements)
 PROMPT_BYTES_PER_VALUE = 20  # fp32 master 4 + Adam m, v 8 + fp32 grad 4 + 16-bit param and grad 4
-DEFAULT_DS_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 
 
 class PlanError(ValueError):
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt length P (default 20)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="model dtype (default bf16)")
     parser.add_argument("--reserve-gib", type=float, default=1.5, help="CUDA context, NCCL, allocator slack")
-    parser.add_argument("--ds-configs", type=Path, default=DEFAULT_DS_CONFIGS_DIR, help="folder of DeepSpeed JSONs")
+    parser.add_argument("--ds-configs", type=Path, default=resource_dir("ds_configs"), help="folder of DeepSpeed JSONs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")  # fmt: skip
     args = parser.parse_args(argv)
 

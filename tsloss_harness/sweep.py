@@ -108,7 +108,8 @@ def _data_dir(config: SweepConfig, dataset: str, seed: int, num_rows: int) -> st
         return config.data_dir
     if dataset != "gsm8k":
         raise SweepError(f"data_dir 'generated' exists for gsm8k only, not {dataset!r}: give a data folder")
-    from tsloss_harness.tiny import generate_gsm8k_rows, write_jsonl
+    from tsloss_harness.data import write_jsonl
+    from tsloss_harness.testbed.problems import generate_gsm8k_rows
 
     folder = Path(config.output_dir) / "data" / f"gsm8k-seed{seed}-{num_rows}"
     if not (folder / "train.jsonl").is_file():

@@ -60,7 +60,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_DS_CONFIG", "TuneConfig", "TuneError", "build_parser", "load_config", "main", "run"]
+__all__ = ["TuneConfig", "TuneError", "build_parser", "load_config", "main", "run"]
 
 log = logging.getLogger("tsloss_harness.tune")
 
@@ -124,23 +124,6 @@ class TuneConfig:
     resume: bool = False  # continue from the last engine state in output_dir
     ds_config: str | None = None  # DeepSpeed JSON (ds_configs/z2.json, z3.json, z3_offload.json); None: z2
     progress: bool = True  # tqdm bar on rank 0
-
-
-# ds_configs/z2.json; "auto" values are filled from the flags (tests check the file equals this).
-DEFAULT_DS_CONFIG = {
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "optimizer": {
-        "type": "AdamW",
-        "params": {"lr": "auto", "betas": [0.9, 0.999], "eps": "auto", "weight_decay": "auto", "torch_adam": True},
-    },
-    "bf16": {"enabled": "auto"},
-    "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
-    "steps_per_print": 1000000000,
-    "wall_clock_breakdown": False,
-}
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -299,13 +282,13 @@ def _ds_config(config: TuneConfig, world_size: int, total_steps: int) -> dict:
     """The DeepSpeed config dict with every "auto" filled from the flags."""
     import torch
 
-    if config.ds_config is None:
-        ds = json.loads(json.dumps(DEFAULT_DS_CONFIG))
-    else:
-        try:
-            ds = json.loads(Path(config.ds_config).read_text())
-        except json.JSONDecodeError as e:
-            raise TuneError(f"{config.ds_config}: invalid JSON ({e.msg}, line {e.lineno})") from None
+    from tsloss_harness.resources import ds_config_path
+
+    path = Path(config.ds_config) if config.ds_config is not None else ds_config_path("z2")  # the default
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TuneError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
     micro = config.micro_batch_size or config.batch_size // world_size
     if micro < 1 or config.batch_size % (micro * world_size):
         raise TuneError(

@@ -11,7 +11,7 @@ One call, one plain result::
     model_dir = build_testbed(arch="llama", size="default", seed=0)   # cached; ~4 min the first time
 
 The loop below is nanoGPT-style and reads top to bottom: build a tokenizer on the corpus, build the
-random-weight model with `tsloss_harness.tiny.build_tiny_model` (so the testbed starts from exactly
+random-weight model with `tsloss_harness.testbed.tiny.build_tiny_model` (so the testbed starts from exactly
 the random fixture of the same shape), pack the tokenised rows into one stream (eos between rows),
 train with AdamW on random windows for a fixed number of steps (warm-up, cosine decay), save an
 ordinary Hugging Face model directory plus a card (`testbed.json`, `README.md`).
@@ -142,7 +142,7 @@ def _corpus_info(corpus: str | os.PathLike, size: TestbedSize, seed: int) -> dic
 
 def _corpus_rows(info: dict) -> list[dict]:
     if info["kind"] == "generated":
-        from tsloss_harness.tiny import generate_gsm8k_rows
+        from tsloss_harness.testbed.problems import generate_gsm8k_rows
 
         return generate_gsm8k_rows(info["rows"], seed=info["seed"])
     rows = read_corpus_rows(Path(info["path"]))
@@ -246,7 +246,7 @@ def build_testbed(
       `stopped_early` in its card and never reused from the cache.
     cache: look up / store the build under `default_cache_root()`; False trains into out_dir.
     """
-    from tsloss_harness.tiny import ARCHS
+    from tsloss_harness.testbed.tiny import ARCHS
 
     if arch not in ARCHS:
         raise TestbedError(f"unknown arch {arch!r} (choose from {', '.join(ARCHS)})")
@@ -296,7 +296,7 @@ def _train(final_dir: Path, corpus_info, *, arch, size_name, size: TestbedSize, 
     from transformers.utils import logging as hf_logging
 
     from tsloss_harness import __version__
-    from tsloss_harness.tiny import build_tiny_model, build_tokenizer
+    from tsloss_harness.testbed.tiny import build_tiny_model, build_tokenizer
 
     # transformers' own load/save bars would bury ours; restored on the way out.
     hf_bars = hf_logging.is_progress_bar_enabled()

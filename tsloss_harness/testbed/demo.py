@@ -44,8 +44,10 @@ class DemoError(RuntimeError):
 
 
 def default_tasks_dir() -> Path:
-    """``tasks/`` of the source checkout this package runs from (installed editable or run in place)."""
-    return Path(__file__).resolve().parents[1] / "tasks"
+    """The task folder the package ships (``tsloss_harness.resources.tasks_dir``)."""
+    from tsloss_harness.resources import tasks_dir
+
+    return tasks_dir()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="prompt learning rate (default: the testbed's TUNE_DEFAULTS, 0.01)")
     parser.add_argument("--regularizer", default="tsloss", help="tsloss | h0 | h1 | l2 | pdloss | none | ph_exact (default: tsloss)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt's initialisation and batch order")
-    parser.add_argument("--include_path", help="lm-eval task folder holding offline/gsm8k_offline.yaml (default: the checkout's tasks/)")
+    parser.add_argument("--include_path", help="lm-eval task folder holding offline/gsm8k_offline.yaml (default: the package's own, `tsloss tasks-path`)")
     parser.add_argument("--batch_size", type=int, default=8, help="lm-eval batch size (default: 8)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for tuning and for each of the two lm-eval processes (default: 1; "
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from tsloss_harness import testbed as tb
+    from tsloss_harness.testbed import pretrain as tb
 
     for name in ("steps", "num_samples", "batch_size", "threads"):
         if getattr(args, name) < 1:
@@ -134,12 +136,13 @@ def run_demo(args: argparse.Namespace) -> dict:
     # 2. the data: the rows tuned on are the rows lm-eval scores
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    from tsloss_harness import tiny
+    from tsloss_harness.data import write_jsonl
+    from tsloss_harness.testbed import problems
 
-    rows = tiny.generate_gsm8k_rows(args.num_samples, seed=row_seed)
+    rows = problems.generate_gsm8k_rows(args.num_samples, seed=row_seed)
     data_dir = out / "data"
-    tiny.write_jsonl(rows, data_dir / "train.jsonl")
-    tiny.write_jsonl(rows, data_dir / "test.jsonl")
+    write_jsonl(rows, data_dir / "train.jsonl")
+    write_jsonl(rows, data_dir / "test.jsonl")
     summary["data"] = {"dir": str(data_dir.resolve()), "rows": len(rows), "generator_seed": row_seed}
     timings["data"] = time.perf_counter() - t0
     _say(f"[2/5] data: {len(rows)} generated GSM8K-format row(s) -> {data_dir}")

@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tsloss_harness import tiny
+from tsloss_harness.data import read_jsonl, write_jsonl
+
+from tsloss_harness.testbed import problems, tiny
 
 ANNOTATION = re.compile(r"(?:(\S+(?: [-+*x/] \S+)*) = )?\$?<<([^=<>]+)=([^<>]+)>>(\d+)")
 MODEL_CLASSES = {"llama": "LlamaForCausalLM", "gemma": "GemmaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -33,14 +35,14 @@ def _texts(rows):
 
 
 def test_rows_are_deterministic_per_seed():
-    assert tiny.generate_gsm8k_rows(40, seed=3) == tiny.generate_gsm8k_rows(40, seed=3)
-    assert tiny.generate_gsm8k_rows(40, seed=3) != tiny.generate_gsm8k_rows(40, seed=4)
-    assert tiny.generate_gsm8k_rows(10, seed=3) == tiny.generate_gsm8k_rows(40, seed=3)[:10]
-    assert tiny.generate_gsm8k_rows(0) == []
+    assert problems.generate_gsm8k_rows(40, seed=3) == problems.generate_gsm8k_rows(40, seed=3)
+    assert problems.generate_gsm8k_rows(40, seed=3) != problems.generate_gsm8k_rows(40, seed=4)
+    assert problems.generate_gsm8k_rows(10, seed=3) == problems.generate_gsm8k_rows(40, seed=3)[:10]
+    assert problems.generate_gsm8k_rows(0) == []
 
 
 def test_every_annotation_and_final_answer_is_correct():
-    rows = tiny.generate_gsm8k_rows(600, seed=0)
+    rows = problems.generate_gsm8k_rows(600, seed=0)
     n_annotations = 0
     for row in rows:
         assert set(row) == {"question", "answer"} and row["question"].endswith("?")
@@ -61,7 +63,7 @@ def test_every_annotation_and_final_answer_is_correct():
 
 
 def test_rows_are_varied():
-    rows = tiny.generate_gsm8k_rows(150, seed=0)
+    rows = problems.generate_gsm8k_rows(150, seed=0)
     questions = [r["question"] for r in rows]
     assert len(set(questions)) == len(questions)
     # Question shapes with numbers blanked: many templates x phrasings, not a handful.
@@ -73,13 +75,13 @@ def test_rows_are_varied():
 
 
 def test_jsonl_round_trip(tmp_path, gsm8k_rows):
-    path = tiny.write_jsonl(gsm8k_rows, tmp_path / "sub" / "rows.jsonl")
-    assert tiny.read_jsonl(path) == gsm8k_rows
+    path = write_jsonl(gsm8k_rows, tmp_path / "sub" / "rows.jsonl")
+    assert read_jsonl(path) == gsm8k_rows
     assert len(path.read_text().splitlines()) == len(gsm8k_rows)
 
 
 def test_gsm8k_dir_fixture(gsm8k_dir):
-    train, test = tiny.read_jsonl(gsm8k_dir / "train.jsonl"), tiny.read_jsonl(gsm8k_dir / "test.jsonl")
+    train, test = read_jsonl(gsm8k_dir / "train.jsonl"), read_jsonl(gsm8k_dir / "test.jsonl")
     assert (len(train), len(test)) == (32, 16)
     assert not {r["question"] for r in train} & {r["question"] for r in test}
 
@@ -106,7 +108,7 @@ def test_tokenizer_round_trips_and_specials(tiny_tokenizer_dir, gsm8k_rows):
 
 
 def test_tokenizer_is_deterministic(tmp_path):
-    texts = _texts(tiny.generate_gsm8k_rows(300, seed=5))
+    texts = _texts(problems.generate_gsm8k_rows(300, seed=5))
     a = tiny.build_tokenizer(tmp_path / "a", vocab_size=600, texts=texts)
     b = tiny.build_tokenizer(tmp_path / "b", vocab_size=600, texts=texts)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
@@ -116,7 +118,7 @@ def test_tokenizer_is_deterministic(tmp_path):
 def test_tokenizer_round_trips_real_gsm8k(real_gsm8k_dir, tiny_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     split = "test.jsonl" if (real_gsm8k_dir / "test.jsonl").is_file() else "train.jsonl"
-    texts = _texts(tiny.read_jsonl(real_gsm8k_dir / split))
+    texts = _texts(read_jsonl(real_gsm8k_dir / split))
     assert texts
     for text in texts:
         assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
