@@ -20,15 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tsloss_harness.data import MMLU_CF_SUBJECTS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-SUBJECTS = (
-    "Biology", "Business", "Chemistry", "Computer_Science", "Economics", "Engineering", "Health",
-    "History", "Law", "Math", "Other", "Philosophy", "Physics", "Psychology",
-)  # fmt: skip
 
 
 def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
@@ -36,9 +34,8 @@ def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
     from transformers import AutoConfig
 
     from tsloss_harness.data import write_jsonl
-
-    from tsloss_harness.testbed import problems, tiny
     from tsloss_harness.prompt import make_prompt_config, save_prompt
+    from tsloss_harness.testbed import problems, tiny
 
     model_dir = tiny.build_tiny_model(
         "llama", root / "model", hidden_size=256, num_hidden_layers=4, intermediate_size=688,
@@ -55,8 +52,8 @@ def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
     data = root / "data"
     write_jsonl(problems.generate_gsm8k_rows(64, seed=1), data / "gsm8k" / "train.jsonl")
     write_jsonl(problems.generate_gsm8k_rows(64, seed=2), data / "gsm8k" / "test.jsonl")
-    rows = problems.generate_gsm8k_rows(len(SUBJECTS) * 12, seed=3)
-    for i, subject in enumerate(SUBJECTS):
+    rows = problems.generate_gsm8k_rows(len(MMLU_CF_SUBJECTS) * 12, seed=3)
+    for i, subject in enumerate(MMLU_CF_SUBJECTS):
         mc = []
         for j, row in enumerate(rows[i * 12 : (i + 1) * 12]):
             n = int(row["answer"].rsplit("#### ", 1)[1])
@@ -97,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         "tsprompt": TSPromptLM(prompt=str(prompt_dir), **common),
     }
     # (group, lm-eval limit, samples per run): MMLU-CF's limit applies per subject.
-    mmlu_limit = max(1, args.limit // len(SUBJECTS))
-    tasks = [("gsm8k_offline", args.limit, args.limit), ("mmlu_cf_offline", mmlu_limit, mmlu_limit * len(SUBJECTS))]
+    mmlu_limit = max(1, args.limit // len(MMLU_CF_SUBJECTS))
+    tasks = [("gsm8k_offline", args.limit, args.limit), ("mmlu_cf_offline", mmlu_limit, mmlu_limit * len(MMLU_CF_SUBJECTS))]
 
     best: dict[tuple[str, str], float] = {}
     best_cpu: dict[tuple[str, str], float] = {}

@@ -34,7 +34,7 @@ def peer_trainer(model_dir: Path, rows, init, order, args, work: Path) -> dict:
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     from tsloss_harness.prompt import make_prompt_config
-    from tsloss_harness.tune import _collate
+    from tsloss_harness.tune.batches import collate as _collate
 
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     c = base.config
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from tsloss_harness.data import write_jsonl
-
-    from tsloss_harness.testbed import problems, tiny
-    from tsloss_harness.data import load_examples
-    from tsloss_harness.losses import get_regularizer
+    from tsloss_harness.data import load_examples, write_jsonl
     from tsloss_harness.prompt import load_prompt
-    from tsloss_harness.tune import TuneConfig, _epoch_order, _tokenize, run
+    from tsloss_harness.regularizers import get_regularizer
+    from tsloss_harness.testbed import problems, tiny
+    from tsloss_harness.tune import TuneConfig, run
+    from tsloss_harness.tune.batches import epoch_order as _epoch_order
+    from tsloss_harness.tune.batches import tokenize as _tokenize
 
     work = Path(tempfile.mkdtemp(prefix="bench_tuner-"))
     model_dir = tiny.build_tiny_model("llama", work / "model", hidden_size=256, num_hidden_layers=4,

@@ -18,6 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers import MMLU_CF_SUBJECTS, REPO, ROLLING_TASK  # noqa: E402
+
 from tsloss_harness.data import write_jsonl
 from tsloss_harness.testbed import problems, tiny  # noqa: E402  (after the offline switches)
 

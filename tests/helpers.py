@@ -11,16 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tsloss_harness.data import MMLU_CF_SUBJECTS  # noqa: F401  (re-exported to the tests)
 from tsloss_harness.tune import TuneConfig, main
 
 REPO = Path(__file__).resolve().parent.parent
 LM_EVAL = Path(sys.executable).with_name("lm_eval")  # the stock CLI of this interpreter's environment
 LOGLIKELIHOOD_ATOL = 1e-4
 
-MMLU_CF_SUBJECTS = (
-    "Biology", "Business", "Chemistry", "Computer_Science", "Economics", "Engineering", "Health",
-    "History", "Law", "Math", "Other", "Philosophy", "Physics", "Psychology",
-)  # fmt: skip
 
 ROLLING_TASK = """\
 task: tsprompt_test_rolling

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tsloss_harness.data import read_jsonl
-
 from tsloss_harness.testbed import demo, problems
 from tsloss_harness.topology import METRIC_KEYS
 

@@ -18,10 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import (
-    MMLU_CF_SUBJECTS, REPO, compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval,
+    MMLU_CF_SUBJECTS,
+    REPO,
+    compare_samples,
+    finish_lm_eval,
+    lm_eval_args,
+    read_lm_eval_output,
+    start_lm_eval,
 )
+
 from tsloss_harness.prompt import make_prompt_config, save_prompt, save_raw_prompt
 
 P = 6  # virtual tokens
@@ -202,9 +208,8 @@ def test_bad_prompts_fail_with_one_clear_line(started, prompts, tiny_llama_dir):
 def test_prompt_cache_equals_peft_forward_on_every_arch(tiny_model_dirs, tmp_path):
     """TSPromptLM scores text against a precomputed key/value cache of the prompt; on each tiny
     architecture that equals PEFT's forward (virtual tokens as input embeddings) on the text rows."""
-    from transformers import AutoConfig
-
     from lm_eval.models.huggingface import HFLM
+    from transformers import AutoConfig
 
     from tsloss_harness.evaluation import TSPromptLM
 

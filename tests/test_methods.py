@@ -14,14 +14,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    compare_samples,
+    finish_lm_eval,
+    lm_eval_args,
+    read_lm_eval_output,
+    start_lm_eval,
+    tune_fails,
+    two_ranks,
+)
 
-from helpers import compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval, tune_fails, two_ranks
-
-from tsloss_harness.testbed import tiny
 from tsloss_harness.data import load_examples
-from tsloss_harness.losses import get_regularizer, ts_loss
+from tsloss_harness.losses import ts_loss
 from tsloss_harness.prompt import PROMPT_METHODS, load_peft_config, load_prompt, load_provenance, make_method_config
-from tsloss_harness.tune import METHODS, TuneConfig, _collate, _loss_module, _tokenize, run
+from tsloss_harness.prompt import PROMPT_METHODS as METHODS
+from tsloss_harness.regularizers import get_regularizer
+from tsloss_harness.testbed import tiny
+from tsloss_harness.tune import TuneConfig, run
+from tsloss_harness.tune.batches import collate as _collate
+from tsloss_harness.tune.batches import tokenize as _tokenize
+from tsloss_harness.tune.objective import PromptTuningLoss as _loss_module
 
 REPO = Path(__file__).resolve().parent.parent
 P = 5

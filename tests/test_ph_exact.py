@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tsloss_harness.losses import REGULARIZERS, get_regularizer
 from tsloss_harness.ph_exact import persistence_edges, ph_exact
+from tsloss_harness.regularizers import REGULARIZERS, get_regularizer
 from tsloss_harness.topology import euclidean_distances, prompt_topology
 
 

@@ -60,7 +60,8 @@ def write_synthetic_run(path: Path, *, regularizer: str = "tsloss", seed: int = 
             if record["accuracy"] == 1.0 and converged is None:
                 converged = step
             save_prompt(path / "checkpoints" / f"step-{step}", torch.tensor(points, dtype=torch.float32),
-                        peft_config=peft_config, provenance={"step": step, "seed": seed, "regularizer": regularizer})
+                        peft_config=peft_config, provenance={"step": step, "seed": seed, "regularizer": regularizer,
+                                                                "topology": {k: metrics[k] for k in METRIC_KEYS}})
         records.append(record)
     shutil.copytree(path / "checkpoints" / f"step-{steps}", path / "prompt")
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from tsloss_harness.data import write_jsonl
-
 from tsloss_harness.testbed import pretrain as testbed
 from tsloss_harness.testbed import problems, tiny
 

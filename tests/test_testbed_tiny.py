@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tsloss_harness.data import read_jsonl, write_jsonl
-
 from tsloss_harness.testbed import problems, tiny
 
 ANNOTATION = re.compile(r"(?:(\S+(?: [-+*x/] \S+)*) = )?\$?<<([^=<>]+)=([^<>]+)>>(\d+)")

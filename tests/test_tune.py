@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, fresh_env, tune_fails, two_ranks
-from tsloss_harness.data import write_jsonl
-from tsloss_harness.testbed import tiny
-from tsloss_harness.data import load_examples
+
+from tsloss_harness.data import load_examples, write_jsonl
 from tsloss_harness.prompt import load_prompt, load_provenance
+from tsloss_harness.testbed import tiny
 from tsloss_harness.topology import METRIC_KEYS
-from tsloss_harness.tune import TuneConfig, TuneError, _ds_config, load_config, run
+from tsloss_harness.tune import TuneConfig, TuneError, load_config, run
+from tsloss_harness.tune.config import fill_ds_config as _ds_config
 
 TRAIN_KEYS = {"step", "epoch", "lr", "loss", "ce", "reg", "samples_per_s"}
 
@@ -53,9 +53,11 @@ def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_di
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsloss_harness.losses import get_regularizer
     from tsloss_harness.prompt import make_prompt_config
-    from tsloss_harness.tune import _collate, _loss_module, _tokenize
+    from tsloss_harness.regularizers import get_regularizer
+    from tsloss_harness.tune.batches import collate as _collate
+    from tsloss_harness.tune.batches import tokenize as _tokenize
+    from tsloss_harness.tune.objective import PromptTuningLoss as _loss_module
 
     model_dir = tiny_model_dirs[arch]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -84,13 +86,13 @@ def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_di
 
 
 def test_fused_cross_entropy_with_softcap_and_bias():
-    from tsloss_harness.tune import _linear_cross_entropy
+    from tsloss_harness.tune.objective import LinearCrossEntropy
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(300, 16, generator=g, dtype=torch.float64, requires_grad=True)
     weight, bias = torch.randn(70000, 16, generator=g, dtype=torch.float64), torch.randn(70000, generator=g, dtype=torch.float64)
     targets = torch.randint(0, 70000, (300,), generator=g)
-    ours = _linear_cross_entropy().apply(hidden, weight, bias, targets, 30.0)  # 70000 > one chunk of rows
+    ours = LinearCrossEntropy.apply(hidden, weight, bias, targets, 30.0)  # 70000 > one chunk of rows
     (ours_grad,) = torch.autograd.grad(ours * 2.0, hidden)
     logits = torch.tanh((hidden @ weight.T + bias) / 30.0) * 30.0
     reference = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")

@@ -27,7 +27,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsloss_harness.errors import TslossError, first_line
+
 __all__ = [
+    "MMLU_CF_SUBJECTS",
     "TEMPLATES",
     "DataError",
     "Example",
@@ -43,7 +46,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
+class DataError(TslossError, ValueError):
     """Bad input data or paths; the message is one line naming the offending thing."""
 
 
@@ -81,6 +84,12 @@ TEMPLATES: dict[str, dict] = {
     },
 }
 
+# microsoft/MMLU-CF: 14 subjects; split names use the subject with spaces as underscores.
+MMLU_CF_SUBJECTS = (
+    "Biology", "Business", "Chemistry", "Computer_Science", "Economics", "Engineering", "Health",
+    "History", "Law", "Math", "Other", "Philosophy", "Physics", "Psychology",
+)  # fmt: skip
+
 LONGBENCH_F1_THRESHOLD = 0.5  # a LongBench generation counts as correct when its QA-F1 reaches this
 
 
@@ -114,8 +123,8 @@ def template_for(name: str) -> dict:
 
 
 def _longbench_doc_to_text(subset: str) -> str:
-    import yaml
     import lm_eval
+    import yaml
 
     path = Path(lm_eval.__file__).parent / "tasks" / "longbench" / f"{subset}.yaml"
     if not path.is_file():
@@ -208,7 +217,7 @@ def _hub_rows(family: str, subset: str | None, split: str) -> list[dict]:
                     [all_splits[s] for s in sorted(all_splits) if s.endswith(f"_{mmlu_split}")]
                 )
     except Exception as e:  # network, unknown config, ...: one line, no traceback
-        raise DataError(f"could not load {hub['path']} from the hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DataError(f"could not load {hub['path']} from the hub: {first_line(e)}") from e
     return [dict(r) for r in ds]
 
 

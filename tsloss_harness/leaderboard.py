@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from tsloss_harness.errors import TslossError
+
 __all__ = [
     "LeaderboardError",
     "Measurement",
@@ -63,7 +65,7 @@ METRIC_PREFERENCE = (
 )
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(TslossError, ValueError):
     """An input that is neither an lm-eval results file nor a tuner run; the message is one line."""
 
 

@@ -16,17 +16,13 @@ nothing of size P x P x d is ever built; forward and backward are two small matr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+import inspect
 
 import torch
 from torch import nn
 
 __all__ = [
-    "REGULARIZERS",
     "TSLoss",
-    "TSLossConfig",
-    "get_regularizer",
     "h0",
     "h1",
     "l2",
@@ -186,61 +182,22 @@ def none(points: torch.Tensor, **_unused: object) -> torch.Tensor:
     return _zero(points)
 
 
-def ph_exact(points: torch.Tensor, **kwargs: object) -> torch.Tensor:
-    """Exact persistent-homology regularizer (``tsloss_harness.ph_exact``); imported on first use
-    so that importing this module loads neither ripser nor scipy."""
-    from tsloss_harness.ph_exact import ph_exact as exact
-
-    return exact(points, **kwargs)
-
-
-Regularizer = Callable[..., torch.Tensor]
-
-REGULARIZERS: dict[str, Regularizer] = {
-    "tsloss": ts_loss,
-    "h0": h0,
-    "h1": h1,
-    "l2": l2,
-    "pdloss": pdloss,
-    "none": none,
-    "ph_exact": ph_exact,
-}
-
-
-def get_regularizer(name: str) -> Regularizer:
-    """The regularizer registered under ``name`` (the tuner's ``--regularizer``)."""
-    try:
-        return REGULARIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown regularizer {name!r}; choose one of: {', '.join(REGULARIZERS)}") from None
-
-
-@dataclass
-class TSLossConfig:
-    """Hyper-parameters of TSLoss; defaults are the tuner's (Table V's best α = 10)."""
-
-    tau: float = 0.1
-    alpha: float = 10.0
-    beta_h0: float = 1.0
-    beta_h1: float = 1.0
-    lambda_repel: float = 1.0
-    lambda_attract: float = 1.0
-    detach_thresholds: bool = False
-
-
 class TSLoss(nn.Module):
-    """``nn.Module`` form of :func:`ts_loss` holding its hyper-parameters (λ_ts excluded)."""
+    """``nn.Module`` form of :func:`ts_loss` holding its hyper-parameters (λ_ts excluded); unset ones
+    are the tuner's defaults (``regularizers.DEFAULTS``)."""
 
-    def __init__(self, config: TSLossConfig | None = None, **overrides: float | bool) -> None:
+    def __init__(self, **params: float | bool) -> None:
         super().__init__()
-        base = asdict(config or TSLossConfig())
-        unknown = set(overrides) - set(base)
+        from tsloss_harness.regularizers import DEFAULTS
+
+        known = set(inspect.signature(ts_loss).parameters) - {"points", "_unused"}
+        unknown = set(params) - known
         if unknown:
             raise TypeError(f"unknown TSLoss hyper-parameter(s): {', '.join(sorted(unknown))}")
-        self.config = TSLossConfig(**{**base, **overrides})
+        self.params = {**DEFAULTS, **params}
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        return ts_loss(points, **asdict(self.config))
+        return ts_loss(points, **self.params)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
+        return ", ".join(f"{k}={v}" for k, v in self.params.items())

@@ -43,6 +43,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tsloss_harness.errors import TslossError
 from tsloss_harness.resources import resource_dir
 
 __all__ = [
@@ -61,7 +62,7 @@ PREFETCH_BUCKET_DEFAULT = 50_000_000  # DeepSpeed's stage3_prefetch_bucket_size 
 PROMPT_BYTES_PER_VALUE = 20  # fp32 master 4 + Adam m, v 8 + fp32 grad 4 + 16-bit param and grad 4
 
 
-class PlanError(ValueError):
+class PlanError(TslossError, ValueError):
     """A model, config or option the planner cannot use; the message is one line."""
 
 

@@ -36,9 +36,13 @@ import tempfile
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+from tsloss_harness.errors import TslossError, first_line
+from tsloss_harness.files import replace_dir
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -73,7 +77,7 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 PROMPT_METHODS = ("prompt", "prefix", "ptuning_v2")
 
 
-class PromptLoadError(ValueError):
+class PromptLoadError(TslossError, ValueError):
     """A path that holds no usable prompt; the message names the path and what is wrong."""
 
 
@@ -243,9 +247,11 @@ def save_prompt(out_dir: str | os.PathLike, embeddings: torch.Tensor, *, peft_co
     ([P, d], any dtype/device) is stored as is, on CPU. ``provenance`` holds what the caller knows
     (base_model, method, regularizer, regularizer_params, seed, step, dataset, init, ...); its keys
     win over the ones filled in here: format, base_model (from the config), peft_type,
-    num_virtual_tokens, token_dim, dtype, package_version, git_commit, time, and ``topology``
-    (``prompt_topology`` metrics, computed when absent).
+    num_virtual_tokens, token_dim, dtype, package_version, git_commit, time. ``topology`` is stored as
+    given (the caller measures it; this module never computes it).
     """
+    import torch
+
     out_dir = Path(out_dir)
     if not isinstance(embeddings, torch.Tensor):
         raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
@@ -271,7 +277,7 @@ def save_prompt(out_dir: str | os.PathLike, embeddings: torch.Tensor, *, peft_co
         _write_adapter(tmp, tensor, peft_config)
         _write_json(tmp / PROVENANCE_NAME, record)
         _fsync_dir(tmp)
-        _move_into_place(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -281,6 +287,7 @@ def save_prompt(out_dir: str | os.PathLike, embeddings: torch.Tensor, *, peft_co
 def save_raw_prompt(path: str | os.PathLike, embeddings: torch.Tensor) -> Path:
     """Export ``embeddings`` as one bare tensor file: ``.safetensors`` (key ``prompt_embeddings``) or
     ``.pt``/``.pth``/``.bin`` (``torch.save`` of the tensor). Stored as is, on CPU; written atomically."""
+    import torch
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -315,23 +322,6 @@ def _write_adapter(directory: Path, tensor: torch.Tensor, peft_config) -> None:
     config.save_pretrained(str(directory))  # to_dict() as sorted, indented JSON
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    # rename() cannot replace a non-empty directory: move the old one aside, the new one in, then drop
-    # the old one (restored if the second rename fails).
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rename(out_dir, old / "prompt")
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old / "prompt", out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _replaceable(path: Path) -> bool:
     if not path.is_dir():
         return False
@@ -351,6 +341,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _provenance_record(tensor: torch.Tensor, peft_config, provenance: Mapping) -> dict:
+
     import tsloss_harness
 
     record: dict[str, Any] = {
@@ -365,11 +356,6 @@ def _provenance_record(tensor: torch.Tensor, peft_config, provenance: Mapping) -
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     record.update(provenance)
-    if record.get("topology") is None:
-        from tsloss_harness.topology import METRIC_KEYS, prompt_topology
-
-        metrics = prompt_topology(tensor)
-        record["topology"] = {key: metrics[key] for key in METRIC_KEYS}
     return _json_safe(record)
 
 
@@ -398,6 +384,7 @@ def _json_safe(obj: Any, where: str = "provenance") -> Any:
     """Plain JSON values from numpy/torch scalars and arrays, enums and paths; non-finite floats
     become None (strict JSON has no NaN/Infinity)."""
     import numpy as np
+    import torch
 
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -433,6 +420,7 @@ def load_prompt(path: str | os.PathLike) -> torch.Tensor:
     with ``torch.load(weights_only=True)`` holding a tensor or a dict of them. ``[1, P, d]`` (as the
     paper's authors saved prompts) is squeezed. Anything else raises ``PromptLoadError``.
     """
+
     path = Path(path)
     if not path.exists():
         raise PromptLoadError(f"{path}: no such file or directory")
@@ -462,7 +450,7 @@ def load_provenance(path: str | os.PathLike) -> dict | None:
     try:
         record = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PromptLoadError(f"{file}: unreadable provenance ({_first_line(err)})") from None
+        raise PromptLoadError(f"{file}: unreadable provenance ({first_line(err)})") from err
     if not isinstance(record, dict):
         raise PromptLoadError(f"{file}: provenance is a JSON {type(record).__name__}, not an object")
     return record
@@ -479,7 +467,7 @@ def load_peft_config(path: str | os.PathLike):
     try:
         return PeftConfig.from_pretrained(str(path))
     except Exception as err:  # PEFT raises ValueError/TypeError/KeyError for malformed configs
-        raise PromptLoadError(f"{file}: invalid PEFT config ({_first_line(err)})") from None
+        raise PromptLoadError(f"{file}: invalid PEFT config ({first_line(err)})") from err
 
 
 def _load_adapter_dir(path: Path) -> torch.Tensor:
@@ -519,10 +507,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # SafetensorError, OSError, ... for corrupt or truncated files
-        raise PromptLoadError(f"{path}: unreadable safetensors file ({_first_line(err)})") from None
+        raise PromptLoadError(f"{path}: unreadable safetensors file ({first_line(err)})") from err
 
 
 def _read_torch(path: Path) -> Any:
+    import torch
+
     try:
         # weights_only: tensors and plain containers only; any other pickled object is refused.
         return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -531,10 +521,12 @@ def _read_torch(path: Path) -> Any:
         what = f"pickled object ({found.group(1)})" if found else "pickled objects"
         raise PromptLoadError(f"{path}: refused, holds a {what} beyond tensors (torch.load weights_only=True)") from None
     except Exception as err:  # RuntimeError/EOFError/OSError for corrupt or truncated files
-        raise PromptLoadError(f"{path}: unreadable torch file ({_first_line(err)})") from None
+        raise PromptLoadError(f"{path}: unreadable torch file ({first_line(err)})") from err
 
 
 def _pick_tensor(path: Path, content: Any) -> torch.Tensor:
+    import torch
+
     if isinstance(content, torch.Tensor):
         return content
     if isinstance(content, dict):
@@ -550,6 +542,8 @@ def _pick_tensor(path: Path, content: Any) -> torch.Tensor:
 
 
 def _as_prompt_matrix(path: Path, tensor: Any) -> torch.Tensor:
+    import torch
+
     if not isinstance(tensor, torch.Tensor):
         raise PromptLoadError(f"{path}: holds a {type(tensor).__name__}, not a tensor")
     if tensor.ndim == 3 and tensor.shape[0] == 1:
@@ -561,9 +555,3 @@ def _as_prompt_matrix(path: Path, tensor: Any) -> torch.Tensor:
     if not tensor.is_floating_point():
         raise PromptLoadError(f"{path}: {tensor.dtype} tensor is not a prompt (floating point embeddings expected)")
     return tensor.contiguous()
-
-
-def _first_line(err: BaseException) -> str:
-    """The first sentence of an exception's message: library errors can run to paragraphs."""
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0].split(". ")[0].rstrip(".")

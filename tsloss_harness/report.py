@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tsloss_harness.data import DataError, read_jsonl
+from tsloss_harness.errors import TslossError, first_line
 from tsloss_harness.leaderboard import TABLE_CSS, markdown_table, mean_ci, method_label, model_name
 from tsloss_harness.topology import METRIC_KEYS
 
@@ -54,7 +55,7 @@ METRIC_TITLES = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(TslossError, ValueError):
     """A path that is not a readable tuner run; the message is one line naming it."""
 
 
@@ -108,7 +109,7 @@ def load_run(path: str | Path) -> Run:
         try:
             config = yaml.safe_load((path / "config.yaml").read_text()) or {}
         except yaml.YAMLError as err:
-            raise ReportError(f"{path / 'config.yaml'}: invalid YAML ({str(err).splitlines()[0]})") from None
+            raise ReportError(f"{path / 'config.yaml'}: invalid YAML ({first_line(err)})") from err
     elif summary and isinstance(summary.get("config"), dict):
         config = summary["config"]
     if not isinstance(config, dict):

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tsloss_harness.errors import TslossError
+
 __all__ = ["SweepConfig", "load_sweep_config", "main", "run_sweep"]
 
 
@@ -49,7 +51,7 @@ class SweepConfig:
     leaderboard: str = "board.md"
 
 
-class SweepError(ValueError):
+class SweepError(TslossError, ValueError):
     """A bad sweep config; the message is one line."""
 
 
@@ -145,7 +147,7 @@ def _finished(run_dir: Path, resolved: dict) -> dict | None:
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or reuse) every run of the sweep, write the leaderboard; return summaries and ratios."""
     from tsloss_harness import leaderboard
-    from tsloss_harness.losses import REGULARIZERS
+    from tsloss_harness.regularizers import REGULARIZERS
     from tsloss_harness.tune import TuneConfig, run
 
     settings = _settings(config)

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tsloss_harness.data import MMLU_CF_SUBJECTS
+
 HERE = Path(__file__).resolve().parent
 
-# microsoft/MMLU-CF: 14 subjects; split names use the subject with spaces as underscores.
-MMLU_CF_SUBJECTS = (
-    "Biology", "Business", "Chemistry", "Computer_Science", "Economics", "Engineering", "Health",
-    "History", "Law", "Math", "Other", "Philosophy", "Physics", "Psychology",
-)  # fmt: skip
 
 # The harness's LongBench tasks (lm_eval/tasks/longbench/<subset>.yaml, task longbench_<subset>).
 LONGBENCH_SUBSETS = (

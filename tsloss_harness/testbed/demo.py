@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from tsloss_harness.errors import TslossError
+
 # Both on the demo's local rows (tasks/offline): the harness's gsm8k task (greedy generation, exact match
 # of the final number) and the answer's log-likelihood (NLL in nats; 1 when the whole answer is greedy).
 TASKS = ("gsm8k_offline", "gsm8k_answer_offline")
@@ -39,7 +41,7 @@ _RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-class DemoError(RuntimeError):
+class DemoError(TslossError, RuntimeError):
     """A failed demo phase; the message is one line naming it."""
 
 

@@ -36,6 +36,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tsloss_harness.errors import TslossError
+from tsloss_harness.files import replace_dir
+
 # The text every row is pretrained as: the lm-eval gsm8k template (doc_to_text + " " + target),
 # the same text the tuner trains and the harness scores on.
 ROW_TEMPLATE = "Question: {question}\nAnswer: {answer}"
@@ -84,7 +87,7 @@ SIZES: dict[str, TestbedSize] = {
 TUNE_DEFAULTS = {"lr": 0.01, "batch_size": 1, "max_steps": 600, "eval_every": 10}
 
 
-class TestbedError(ValueError):
+class TestbedError(TslossError, ValueError):
     """A bad testbed request (unknown arch or size, unreadable corpus, occupied output dir)."""
 
     __test__ = False
@@ -196,12 +199,8 @@ def _is_complete(model_dir: Path, key: str) -> bool:
 
 def _publish(tmp: Path, final: Path) -> None:
     """Move a finished build into place atomically (a concurrent winner is kept)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        shutil.rmtree(old, ignore_errors=True)
     try:
-        tmp.rename(final)
+        replace_dir(tmp, final)
     except OSError:
         if not final.exists():
             raise

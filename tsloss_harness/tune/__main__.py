@@ -1,0 +1,7 @@
+"""``python -m tsloss_harness.tune ...``: the same as ``tune.py`` and ``tsloss tune``."""
+
+import sys
+
+from tsloss_harness.tune import main
+
+sys.exit(main())
