@@ -243,37 +243,51 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_llama_dir, g
 # --------------------------------------------------------------------------------- kill + resume
 
 
+# The tuner as `tune.py` runs it, killed with SIGKILL right after step KILL_AT_STEP has logged its
+# metrics (and half of the next line, as a kill during a write leaves it): a chosen step, every time.
+KILLED_TUNER = """
+import os, signal, sys
+from tsloss_harness.tune import main, recipe
+
+kill_at, end_of_step = int(os.environ["KILL_AT_STEP"]), recipe.TuneRecipe.end_of_step
+
+def end_of_step_then_kill(self, step, record):
+    stop = end_of_step(self, step, record)
+    if step == kill_at:
+        self.metrics_file.write('{"step": %d, "lo' % (step + 1))
+        self.metrics_file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stop
+
+recipe.TuneRecipe.end_of_step = end_of_step_then_kill
+sys.exit(main())
+"""
+
+
 def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path):
-    args = dict(num_samples=6, batch_size=2, max_steps=60, lr=0.01, warmup_ratio=0.1)
+    args = dict(num_samples=6, batch_size=2, max_steps=12, lr=0.01, warmup_ratio=0.1)
     killed = tmp_path / "killed"
-    # save_every=1 in the run we kill: a checkpoint each step, and steps slow enough to be killed mid-way.
-    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=1, **args).__dict__.items()
+    # Checkpoints every 2 steps, killed after step 5: metrics.jsonl runs ahead of the step-4 checkpoint.
+    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=2, **args).__dict__.items()
             if v is not None and not isinstance(v, bool)]
-    log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tune.py"), *argv, "--no-progress"], env=fresh_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            metrics = killed / "metrics.jsonl"
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before it could be killed: {(tmp_path / 'killed.log').read_text()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+    (tmp_path / "killed_tuner.py").write_text(KILLED_TUNER)
+    proc = subprocess.run([sys.executable, str(tmp_path / "killed_tuner.py"), *argv, "--no-progress"],
+                          env={**fresh_env(), "KILL_AT_STEP": "5"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert [p.name for p in sorted((killed / "checkpoints").iterdir())] == ["step-2", "step-4"]
+    assert (killed / "metrics.jsonl").read_text().endswith('{"step": 6, "lo')
     assert not (killed / "summary.json").exists()
     with pytest.raises(TuneError, match=r"--resume: lr=0.02 differs from the run's lr=0.01"):
         run(_config(tiny_llama_dir, gsm8k_dir, killed, resume=True, **{**args, "lr": 0.02}))
     # The resumed and the uninterrupted run save only at the end: checkpointing must not change training.
     resumed = run(_config(tiny_llama_dir, gsm8k_dir, killed, resume=True, **args))
     straight = run(_config(tiny_llama_dir, gsm8k_dir, tmp_path / "straight", **args))
-    assert [r["step"] for r in _lines(killed / "metrics.jsonl")] == list(range(1, 61))
+    assert [r["step"] for r in _lines(killed / "metrics.jsonl")] == list(range(1, 13))
     assert torch.equal(load_prompt(killed / "prompt"), load_prompt(tmp_path / "straight" / "prompt"))
     assert resumed["final"]["loss"] == straight["final"]["loss"]
+    untimed = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in _lines(d / "metrics.jsonl")]
+               for d in (killed, tmp_path / "straight")]
+    assert untimed[0] == untimed[1]  # every step's metrics, the redone ones included
 
 
 # --------------------------------------------------------------------------- deepspeed, 2 ranks
