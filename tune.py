@@ -2,7 +2,7 @@
 
 import sys
 
-from tsloss_harness.tune import main
+from tsloss_harness.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["tune", *sys.argv[1:]]))

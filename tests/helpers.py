@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tsloss_harness.cli import main as tsloss
 from tsloss_harness.data import MMLU_CF_SUBJECTS  # noqa: F401  (re-exported to the tests)
-from tsloss_harness.tune import TuneConfig, main
+from tsloss_harness.tune import TuneConfig
 
 REPO = Path(__file__).resolve().parent.parent
 LM_EVAL = Path(sys.executable).with_name("lm_eval")  # the stock CLI of this interpreter's environment
@@ -87,7 +88,7 @@ def compare_samples(reference: dict, other: dict, task: str) -> int:
 
 
 def tune_fails(argv, capsys, code=2) -> str:
-    assert main(argv) == code
+    assert tsloss(["tune", *argv]) == code
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     if code == 2:  # bad input: one line, before any library speaks

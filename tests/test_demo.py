@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tsloss_harness.cli import main as tsloss
 from tsloss_harness.data import read_jsonl
-from tsloss_harness.testbed import demo, problems
+from tsloss_harness.testbed import problems
 from tsloss_harness.topology import METRIC_KEYS
 
 
@@ -80,7 +81,7 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
 )
 def test_bad_requests_fail_in_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TSLOSS_CACHE", str(tmp_path / "cache"))
-    assert demo.main([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    assert tsloss(["demo", *argv, "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"tsloss demo: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
@@ -88,13 +89,13 @@ def test_bad_requests_fail_in_one_line_before_any_work(argv, message, tmp_path, 
 
 def test_too_many_rows_for_the_testbed_hold_out(quick_testbed_dir, tmp_path, capsys):
     # quick: 4,000 generated rows, 80 held out; more would mix in rows the testbed was trained on.
-    assert demo.main(["--model", str(quick_testbed_dir), "--num_samples", "81", "--output_dir", str(tmp_path / "out")]) == 2
+    assert tsloss(["demo", "--model", str(quick_testbed_dir), "--num_samples", "81", "--output_dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == "tsloss demo: --num_samples 81: the testbed holds out only 80 rows\n"
 
 
 def test_refuses_a_non_empty_output_dir(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    assert demo.main(["--output_dir", str(tmp_path / "out")]) == 2
+    assert tsloss(["demo", "--output_dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"tsloss demo: output directory is not empty: {tmp_path / 'out'}\n"
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

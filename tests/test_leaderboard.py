@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from tsloss_harness import leaderboard
+from tsloss_harness.cli import main as tsloss
 
 MODEL = "/models/tiny-llama"
 
@@ -96,7 +97,7 @@ Improvement = 1 - mean(iterations) / mean(CE baseline iterations); 95% CI of the
 
 def test_markdown_is_exactly_the_expected_table(inputs, tmp_path, capsys):
     out = tmp_path / "board.md"
-    assert leaderboard.main([str(p) for p in inputs] + ["-o", str(out)]) == 0
+    assert tsloss(["leaderboard", *[str(p) for p in inputs] + ["-o", str(out)]]) == 0
     assert out.read_text() == EXPECTED_MD
     assert "unfinished: no summary.json" in capsys.readouterr().err
 
@@ -146,7 +147,7 @@ def test_paired_ratio_ci_is_scipys_paired_t_on_log_ratios():
 
 def test_csv_is_long_form_with_missing_cells(inputs, tmp_path):
     out = tmp_path / "board.csv"
-    assert leaderboard.main([str(p) for p in inputs] + ["-o", str(out)]) == 0
+    assert tsloss(["leaderboard", *[str(p) for p in inputs] + ["-o", str(out)]]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 6 + 4 + 2  # III: 2x3 cells, IV: 2x2, VI: 2
     missing = [r for r in rows if r["table"] == "III" and r["dataset"] == "mmlu_cf" and r["method"] == "base"]
@@ -160,7 +161,7 @@ def test_csv_is_long_form_with_missing_cells(inputs, tmp_path):
 def test_html_and_metric_override(inputs, tmp_path, capsys):
     out = tmp_path / "board.html"
     args = [str(p) for p in inputs] + ["-o", str(out), "--metric", "gsm8k_offline=exact_match,flexible-extract"]
-    assert leaderboard.main(args) == 0
+    assert tsloss(["leaderboard", *args]) == 0
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.count("<table>") == 3
     # Only the seed-0 CE prompt has flexible-extract; the others are skipped with a warning, not zeroed.
@@ -169,12 +170,12 @@ def test_html_and_metric_override(inputs, tmp_path, capsys):
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, capsys):
-    assert leaderboard.main([str(tmp_path / "nope.json")]) == 2
+    assert tsloss(["leaderboard", str(tmp_path / "nope.json")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     bad = tmp_path / "bad.json"
     bad.write_text('{"results": ')
-    assert leaderboard.main([str(bad)]) == 2
+    assert tsloss(["leaderboard", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.json: invalid JSON" in err and err.count("\n") == 1
-    assert leaderboard.main([str(bad), "-o", str(tmp_path / "x.txt")]) == 2
+    assert tsloss(["leaderboard", str(bad), "-o", str(tmp_path / "x.txt")]) == 2
     assert "unknown extension" in capsys.readouterr().err

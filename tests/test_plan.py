@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsloss_harness.plan import KNOWN_MODELS, PlanError, activation_bytes, estimate, load_ds_config, main, resolve_model
+from tsloss_harness.cli import main as tsloss
+from tsloss_harness.plan import KNOWN_MODELS, PlanError, activation_bytes, estimate, load_ds_config, resolve_model
 
 NUM_VIRTUAL = 20
 
@@ -163,15 +164,15 @@ def test_stage_is_read_from_the_file(tmp_path):
 
 
 def test_cli_picks_the_cheapest_config_that_fits(capsys):
-    assert main(["--model", "gemma-2b-it", "--gpus", "8", "--gpu-mem", "24"]) == 0
+    assert tsloss(["plan", "--model", "gemma-2b-it", "--gpus", "8", "--gpu-mem", "24"]) == 0
     assert "use --ds_config ds_configs/z2.json" in capsys.readouterr().out
-    assert main(["--model", "qwen1.5-14b", "--gpus", "8", "--gpu-mem", "24", "--json"]) == 0
+    assert tsloss(["plan", "--model", "qwen1.5-14b", "--gpus", "8", "--gpu-mem", "24", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["choice"] == "z3.json" and [e["config"] for e in plan["estimates"]] == [
         "z2.json", "z3.json", "z3_offload.json"]  # fmt: skip
-    assert main(["--model", "qwen1.5-14b", "--gpus", "1", "--gpu-mem", "1", "--seq-len", "4096"]) == 1
+    assert tsloss(["plan", "--model", "qwen1.5-14b", "--gpus", "1", "--gpu-mem", "1", "--seq-len", "4096"]) == 1
     assert "nothing fits" in capsys.readouterr().out
-    assert main(["--model", "7b", "--gpus", "3", "--gpu-mem", "24"]) == 2  # 8 rows do not split over 3 GPUs
+    assert tsloss(["plan", "--model", "7b", "--gpus", "3", "--gpu-mem", "24"]) == 2  # 8 rows do not split over 3 GPUs
     assert "batch_size=8" in capsys.readouterr().err
 
 

@@ -19,6 +19,7 @@ import yaml
 from scipy import stats
 
 from tsloss_harness import report
+from tsloss_harness.cli import main as tsloss
 from tsloss_harness.prompt import make_prompt_config, save_prompt
 from tsloss_harness.topology import METRIC_KEYS, prompt_topology
 from tsloss_harness.tune import TuneConfig
@@ -172,7 +173,7 @@ def test_html_is_self_contained(html_report):
 
 def test_markdown_writes_figures_beside_it(runs_root, tmp_path):
     out = tmp_path / "out" / "report.md"
-    assert report.main([str(runs_root / "tsloss-s0"), "-o", str(out), "--steps", "5,20", "--no-tsne"]) == 0
+    assert tsloss(["report", str(runs_root / "tsloss-s0"), "-o", str(out), "--steps", "5,20", "--no-tsne"]) == 0
     text = out.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert links and all((out.parent / link).is_file() for link in links)
@@ -180,17 +181,17 @@ def test_markdown_writes_figures_beside_it(runs_root, tmp_path):
 
 
 def test_errors_are_one_line(tmp_path, runs_root, capsys):
-    assert report.main([str(tmp_path / "missing"), "-o", str(tmp_path / "r.html")]) == 2
+    assert tsloss(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
     bad = tmp_path / "bad"
     shutil.copytree(runs_root / "none-s0", bad)
     with open(bad / "metrics.jsonl", "a") as f:
         f.write("{not json\n")
-    assert report.main([str(bad), "-o", str(tmp_path / "r.html")]) == 2
+    assert tsloss(["report", str(bad), "-o", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "metrics.jsonl:21:" in err
-    assert report.main([str(runs_root / "none-s0"), "--steps", "6", "-o", str(tmp_path / "r.html")]) == 2
+    assert tsloss(["report", str(runs_root / "none-s0"), "--steps", "6", "-o", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert "no checkpoint at step 6" in err and not (tmp_path / "r.html").exists()
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tsloss_harness.sweep import SweepError, load_sweep_config, main, run_sweep
+from tsloss_harness.cli import main as tsloss
+from tsloss_harness.sweep import SweepError, load_sweep_config, run_sweep
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def sweep_yaml(tmp_path, tiny_llama_dir):
 
 
 def test_sweep_runs_reuses_and_reports(sweep_yaml, capsys):
-    assert main(["--config", str(sweep_yaml)]) == 0
+    assert tsloss(["sweep", "--config", str(sweep_yaml)]) == 0
     out = capsys.readouterr().out
     assert "4 runs (0 reused)" in out
     assert "tsloss ÷ none iterations to convergence" in out
@@ -60,7 +61,7 @@ def test_bad_sweep_configs(tmp_path, sweep_yaml, capsys):
     config.regularizers = ["none", "nope"]
     with pytest.raises(SweepError, match="nope"):
         run_sweep(config)
-    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert tsloss(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read sweep config" in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tsloss_harness.cli import main as tsloss
 from tsloss_harness.data import write_jsonl
 from tsloss_harness.testbed import pretrain as testbed
 from tsloss_harness.testbed import problems, tiny
@@ -96,7 +97,7 @@ def test_minutes_cap_stops_early_and_is_not_reused(tmp_path, gsm8k_dir, cache_ro
     ],
 )
 def test_cli_rejects_bad_requests(argv, message, tmp_path, capsys, cache_root):
-    assert testbed.main([*argv, "-o", str(tmp_path / "out")]) == 2
+    assert tsloss(["testbed", *argv, "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"tsloss testbed: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -105,10 +106,10 @@ def test_cli_rejects_bad_requests(argv, message, tmp_path, capsys, cache_root):
 def test_bad_corpus_line_is_named(tmp_path, capsys, cache_root):
     bad = tmp_path / "rows.jsonl"
     bad.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": "no answer"}\n')
-    assert testbed.main(["--corpus", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert tsloss(["testbed", "--corpus", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
     assert capsys.readouterr().err == f"tsloss testbed: {bad}: row 2 has no 'answer' field\n"
     bad.write_text('{"question": "q", "answer": "a\\n#### 1"}\n{"question": \n')
-    assert testbed.main(["--corpus", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert tsloss(["testbed", "--corpus", str(bad), "-o", str(tmp_path / "out"), "-q"]) == 2
     assert capsys.readouterr().err.startswith(f"tsloss testbed: {bad}:2: malformed JSON")
 
 

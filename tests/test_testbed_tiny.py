@@ -184,9 +184,8 @@ def test_size_overrides_and_errors(tmp_path, tiny_tokenizer_dir):
         tiny.build_tiny_model("mistral", tmp_path / "x", tokenizer_dir=tiny_tokenizer_dir)
 
 
-def test_own_tokenizer_when_none_given_and_cli(tmp_path, capsys):
-    assert tiny.main(["qwen2", str(tmp_path / "q"), "--hidden-size", "32", "--num-layers", "1"]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "q")
+def test_own_tokenizer_when_none_given(tmp_path):
+    assert tiny.build_tiny_model("qwen2", tmp_path / "q", hidden_size=32, num_hidden_layers=1) == tmp_path / "q"
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     tok = AutoTokenizer.from_pretrained(tmp_path / "q")
     assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1

@@ -4,11 +4,9 @@ kill -9 + resume bit-identical, bad inputs, output schema, converged_step."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -247,7 +245,8 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_llama_dir, g
 # metrics (and half of the next line, as a kill during a write leaves it): a chosen step, every time.
 KILLED_TUNER = """
 import os, signal, sys
-from tsloss_harness.tune import main, recipe
+from tsloss_harness.cli import main
+from tsloss_harness.tune import recipe
 
 kill_at, end_of_step = int(os.environ["KILL_AT_STEP"]), recipe.TuneRecipe.end_of_step
 
@@ -260,7 +259,7 @@ def end_of_step_then_kill(self, step, record):
     return stop
 
 recipe.TuneRecipe.end_of_step = end_of_step_then_kill
-sys.exit(main())
+sys.exit(main(["tune", *sys.argv[1:]]))
 """
 
 

@@ -20,13 +20,11 @@ nobody measured shows "—", never 0. Runs that did not converge are left out of
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -39,7 +37,6 @@ __all__ = [
     "Table",
     "build_tables",
     "collect",
-    "main",
     "mean_ci",
     "method_label",
     "paired_ratio_ci",
@@ -545,55 +542,3 @@ def html_table(t: Table) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in t.rows)
     notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in t.notes)
     return f"<h2>{html.escape(t.title)}</h2>\n<table><tr>{head}</tr>{body}</table>{notes}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tsloss leaderboard RESULTS ... [-o board.md|.csv|.html]``"""
-    parser = argparse.ArgumentParser(
-        prog="tsloss leaderboard",
-        description="The paper's Tables III, IV and VI from lm-eval results JSON files and tuner run "
-        "directories (folders are searched recursively). Seeds aggregate to mean ± 95%% CI.",
-    )
-    parser.add_argument("inputs", nargs="+", metavar="RESULTS", help="results*.json, run directory, or a folder of them")
-    parser.add_argument("-o", "--output", help="output file; its extension picks the format (.md, .csv, .html). Default: markdown on stdout")
-    parser.add_argument("--metric", action="append", default=[], metavar="TASK=KEY",
-                        help="lm-eval metric used as accuracy for TASK, e.g. gsm8k=exact_match,flexible-extract")
-    args = parser.parse_args(argv)
-
-    overrides = {}
-    for item in args.metric:
-        task, sep, key = item.partition("=")
-        if not sep or not task or not key:
-            print(f"tsloss leaderboard: --metric {item!r} is not TASK=KEY", file=sys.stderr)
-            return 2
-        overrides[task] = key
-    fmt = "md"
-    if args.output:
-        fmt = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm": "html"}.get(Path(args.output).suffix.lower(), "")
-        if not fmt:
-            print(f"tsloss leaderboard: {args.output}: unknown extension (use .md, .csv or .html)", file=sys.stderr)
-            return 2
-    try:
-        measurements, warnings = collect(args.inputs, overrides)
-    except LeaderboardError as err:
-        print(f"tsloss leaderboard: {err}", file=sys.stderr)
-        return 2
-    for w in warnings:
-        print(f"tsloss leaderboard: warning: {w}", file=sys.stderr)
-    tables = build_tables(measurements)
-    if not tables:
-        print("tsloss leaderboard: no measurements found in the inputs", file=sys.stderr)
-        return 1
-    text = render(tables, fmt)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,6 +21,8 @@ import inspect
 import torch
 from torch import nn
 
+from tsloss_harness.regularizers import DEFAULTS  # the registry's table; it names this module by string only
+
 __all__ = [
     "TSLoss",
     "h0",
@@ -122,10 +124,10 @@ def _h1_term(
 def ts_loss(
     points: torch.Tensor,
     *,
-    tau: float = 0.1,
-    alpha: float = 10.0,
-    beta_h0: float = 1.0,
-    beta_h1: float = 1.0,
+    tau: float = DEFAULTS["tau"],
+    alpha: float = DEFAULTS["alpha"],
+    beta_h0: float = DEFAULTS["beta_h0"],
+    beta_h1: float = DEFAULTS["beta_h1"],
     lambda_repel: float = 1.0,
     lambda_attract: float = 1.0,
     detach_thresholds: bool = False,
@@ -150,13 +152,13 @@ def ts_loss(
     return sum(terms[1:], terms[0]) if terms else _zero(points)
 
 
-def h0(points: torch.Tensor, *, beta_h0: float = 1.0, **kwargs: object) -> torch.Tensor:
+def h0(points: torch.Tensor, *, beta_h0: float = DEFAULTS["beta_h0"], **kwargs: object) -> torch.Tensor:
     """The H0 half of TSLoss alone (β_H1 = 0): the ablation "CE + H0 only"."""
     kwargs.pop("beta_h1", None)
     return ts_loss(points, beta_h0=beta_h0, beta_h1=0.0, **kwargs)
 
 
-def h1(points: torch.Tensor, *, beta_h1: float = 1.0, **kwargs: object) -> torch.Tensor:
+def h1(points: torch.Tensor, *, beta_h1: float = DEFAULTS["beta_h1"], **kwargs: object) -> torch.Tensor:
     """The H1 half of TSLoss alone (β_H0 = 0): the ablation "CE + H1 only"."""
     kwargs.pop("beta_h0", None)
     return ts_loss(points, beta_h0=0.0, beta_h1=beta_h1, **kwargs)
@@ -188,8 +190,6 @@ class TSLoss(nn.Module):
 
     def __init__(self, **params: float | bool) -> None:
         super().__init__()
-        from tsloss_harness.regularizers import DEFAULTS
-
         known = set(inspect.signature(ts_loss).parameters) - {"points", "_unused"}
         unknown = set(params) - known
         if unknown:

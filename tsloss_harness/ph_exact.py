@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from tsloss_harness.losses import _compute_dtype, _zero
+from tsloss_harness.regularizers import DEFAULTS
 from tsloss_harness.topology import _as_numpy, euclidean_distances
 
 __all__ = ["PersistenceEdges", "persistence_edges", "ph_exact"]
@@ -185,8 +186,8 @@ def _edge_lengths(x: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
 def ph_exact(
     points: torch.Tensor,
     *,
-    beta_h0: float = 1.0,
-    beta_h1: float = 1.0,
+    beta_h0: float = DEFAULTS["beta_h0"],
+    beta_h1: float = DEFAULTS["beta_h1"],
     max_edge_length: float | None = None,
     **_unused: object,
 ) -> torch.Tensor:

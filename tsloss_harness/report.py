@@ -20,13 +20,11 @@ seed), one row per group, so strategies sit side by side as in the paper's Figs.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +36,7 @@ from tsloss_harness.errors import TslossError, first_line
 from tsloss_harness.leaderboard import TABLE_CSS, markdown_table, mean_ci, method_label, model_name
 from tsloss_harness.topology import METRIC_KEYS
 
-__all__ = ["ReportError", "Run", "build_report", "load_run", "main", "table2", "write_report"]
+__all__ = ["ReportError", "Run", "build_report", "load_run", "table2", "write_report"]
 
 # Config fields that name what a run is; runs that differ in nothing else but seed form one group.
 GROUP_KEYS = ("model", "dataset", "method", "regularizer", "num_samples", "lambda_ts", "tau", "alpha",
@@ -572,41 +570,3 @@ def write_report(report: Report, output: str | Path, fmt: str | None = None) -> 
         raise ReportError(f"unknown format {fmt!r} (html, md)")
     output.write_text(text)
     return output
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tsloss report RUN_DIR [RUN_DIR ...] -o report.html``"""
-    parser = argparse.ArgumentParser(
-        prog="tsloss report",
-        description="Figures and Table II statistics of tuner runs as one self-contained HTML page "
-        "(or Markdown with PNG files). A folder holding several runs stands for all of them.",
-    )
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="tuner run directory (or a folder of them)")
-    parser.add_argument("-o", "--output", default="report.html", help="output file (default: report.html)")
-    parser.add_argument("--format", choices=("html", "md"), help="default: from the output extension (.md: md, else html)")
-    parser.add_argument("--steps", help="checkpoint steps for diagrams, barcodes and heatmaps, e.g. 10,50,100 "
-                        "(default: up to 4 spread over the run)")
-    parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
-    parser.add_argument("--title", help="page title")
-    args = parser.parse_args(argv)
-
-    try:
-        steps = [int(s) for s in args.steps.split(",")] if args.steps else None
-    except ValueError:
-        print(f"tsloss report: --steps {args.steps!r} is not a comma-separated list of integers", file=sys.stderr)
-        return 2
-    from tsloss_harness.prompt import PromptLoadError
-
-    try:
-        runs = [load_run(p) for p in expand_run_paths(args.runs)]
-        report = build_report(runs, steps=steps, tsne=not args.no_tsne, title=args.title)
-        out = write_report(report, args.output, args.format)
-    except (ReportError, PromptLoadError) as err:
-        print(f"tsloss report: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

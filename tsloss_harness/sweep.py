@@ -18,18 +18,16 @@ their rows and initial prompt), each with a 95% CI.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tsloss_harness.errors import TslossError
 
-__all__ = ["SweepConfig", "load_sweep_config", "main", "run_sweep"]
+__all__ = ["SweepConfig", "load_sweep_config", "run_sweep"]
 
 
 @dataclass
@@ -247,39 +245,3 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
 
 def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tsloss sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="sweep YAML (see configs/sweep_convergence.yaml)")
-    parser.add_argument("--seeds", type=int, help="override the number of seeds")
-    parser.add_argument("--output_dir", help="override the output directory")
-    args = parser.parse_args(argv)
-
-    from tsloss_harness.data import DataError
-    from tsloss_harness.tune import TuneError
-
-    try:
-        config = load_sweep_config(args.config)
-        if args.seeds is not None:
-            config.seeds = args.seeds
-        if args.output_dir:
-            config.output_dir = args.output_dir
-        result = run_sweep(config)
-    except (SweepError, DataError, TuneError) as e:
-        print(f"tsloss sweep: {e}", file=sys.stderr)
-        return 2
-    print(f"{result['runs']} runs ({result['reused']} reused); leaderboard: {result['leaderboard']}")
-    for r in result["ratios"]:
-        print(
-            f"  {r['dataset']} {r['setting']}: {r['regularizer']} ÷ {r['baseline']} iterations to convergence "
-            f"= {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; "
-            f"converged {r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['runs']}); "
-            f"paired by seed {_fmt(r['paired_ratio'])} (95% CI {_fmt(r['paired_ci95'][0])}–{_fmt(r['paired_ci95'][1])}, "
-            f"{r['pairs']} seeds)"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

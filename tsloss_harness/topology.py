@@ -8,15 +8,12 @@ statistics between a metric series and an accuracy series across checkpoints.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["METRIC_KEYS", "main", "prompt_topology", "summarize_diagrams", "topology_accuracy_stats"]
+__all__ = ["METRIC_KEYS", "prompt_topology", "summarize_diagrams", "topology_accuracy_stats"]
 
 METRIC_KEYS = (
     "h0_count",
@@ -148,26 +145,3 @@ def topology_accuracy_stats(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``tsloss topology PROMPT``: print the metrics of a prompt directory or tensor file."""
-    parser = argparse.ArgumentParser(prog="tsloss topology", description=main.__doc__)
-    parser.add_argument("prompt", help="prompt directory, PEFT prompt-tuning adapter, .safetensors or .pt")
-    parser.add_argument("--max-edge-length", type=float, default=None, help="filtration threshold")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-
-    from tsloss_harness.prompt import PromptLoadError, load_prompt
-
-    try:
-        points = load_prompt(args.prompt)
-    except PromptLoadError as err:
-        print(f"tsloss topology: {err}", file=sys.stderr)
-        return 2
-    metrics = {k: v for k, v in prompt_topology(points, args.max_edge_length).items() if k in METRIC_KEYS}
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        print(f"prompt: {args.prompt}  ({points.shape[0]} x {points.shape[1]})")
-        for key in METRIC_KEYS:
-            print(f"  {key:<22} {metrics[key]:.6g}")
-    return 0

@@ -52,52 +52,45 @@ def default_tasks_dir() -> Path:
     return tasks_dir()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tsloss demo", description=(
-        "The whole job on the built-in testbed, offline: build (cached) the quick testbed, tune a TSLoss prompt "
-        "on its held-out GSM8K-format rows, score those rows with lm_eval with the prompt (tsprompt) and "
-        "without it (hf), write the HTML report."))
-    parser.add_argument("--model", help="any causal LM directory instead of the testbed (then --testbed is unused)")
-    parser.add_argument("--testbed", default="quick", help="testbed size preset: quick | default (default: quick, ~1 min to build)")
-    parser.add_argument("--output_dir", help="demo folder (default: runs/demo-<time>); must not exist or be empty")
-    parser.add_argument("--steps", type=int, default=100, help="tuning steps (default: 100)")
-    parser.add_argument("--num_samples", type=int, default=1, help="training rows, all scored by lm-eval (default: 1, the paper's single-sample setting)")
-    parser.add_argument("--lr", type=float, default=None, help="prompt learning rate (default: the testbed's TUNE_DEFAULTS, 0.01)")
-    parser.add_argument("--regularizer", default="tsloss", help="tsloss | h0 | h1 | l2 | pdloss | none | ph_exact (default: tsloss)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt's initialisation and batch order")
-    parser.add_argument("--include_path", help="lm-eval task folder holding offline/gsm8k_offline.yaml (default: the package's own, `tsloss tasks-path`)")
-    parser.add_argument("--batch_size", type=int, default=8, help="lm-eval batch size (default: 8)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for tuning and for each of the two lm-eval processes (default: 1; "
-                        "a tiny model's ops are too small to gain from more, and on busy cores multi-threaded "
-                        "generation slows down many-fold)")
-    parser.add_argument("--skip_eval", action="store_true", help="no lm-eval scoring (tune and report only)")
-    parser.add_argument("--no_report", action="store_true", help="no HTML report")
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = run_demo(args)
-    except DemoError as e:
-        print(f"tsloss demo: {e}", file=sys.stderr)
-        return 2
-    print_summary(summary)
-    return 0
 
 
 # ------------------------------------------------------------------------------------------ phases
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from tsloss_harness.testbed import pretrain as tb
+    """The five phases (model, data, tune, lm-eval, report); returns the summary, also ``demo.json``."""
+    out, tasks_dir = _check(args)
+    timings: dict[str, float] = {}
+    summary: dict = {"output_dir": str(out.resolve()), "timings_s": timings}
+    started = t0 = time.perf_counter()
+    model, row_seed = _model(args, summary)
+    timings["model"], t0 = time.perf_counter() - t0, time.perf_counter()
+    data_dir = _data(args, out, row_seed, summary)
+    timings["data"], t0 = time.perf_counter() - t0, time.perf_counter()
+    summary["tune"] = _tune(args, model, data_dir, out / "tune")
+    timings["tune"], t0 = time.perf_counter() - t0, time.perf_counter()
+    if not args.skip_eval:
+        summary["lm_eval"] = _evaluate(args, model, data_dir, tasks_dir, out)
+        timings["lm_eval"], t0 = time.perf_counter() - t0, time.perf_counter()
+    if not args.no_report:
+        summary["report"] = _report(out, summary["tune"]["label"])
+        timings["report"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _check(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Every argument checked before anything runs; returns (demo folder, lm-eval task folder)."""
+    from tsloss_harness.testbed.pretrain import SIZES
 
     for name in ("steps", "num_samples", "batch_size", "threads"):
         if getattr(args, name) < 1:
             raise DemoError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not args.model and args.testbed not in tb.SIZES:
-        raise DemoError(f"unknown testbed size {args.testbed!r} (choose {', '.join(tb.SIZES)})")
+    if not args.model and args.testbed not in SIZES:
+        raise DemoError(f"unknown testbed size {args.testbed!r} (choose {', '.join(SIZES)})")
     out = Path(args.output_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DemoError(f"output directory is not empty: {out}")
@@ -107,12 +100,13 @@ def run_demo(args: argparse.Namespace) -> dict:
         raise DemoError(f"no lm-eval task {missing[0]} under {tasks_dir} (give --include_path, or --skip_eval)")
     if args.model and not Path(args.model).expanduser().is_dir():
         raise DemoError(f"model directory not found: {args.model}")
-    timings: dict[str, float] = {}
-    summary: dict = {"output_dir": str(out.resolve()), "timings_s": timings}
-    started = time.perf_counter()
+    return out, tasks_dir
 
-    # 1. the model
-    t0 = time.perf_counter()
+
+def _model(args: argparse.Namespace, summary: dict) -> tuple[Path, int]:
+    """1. The model (the testbed, built once and cached) and the seed of the rows it never saw."""
+    from tsloss_harness.testbed import pretrain as tb
+
     if args.model:
         model = Path(args.model).expanduser().resolve()
     else:
@@ -120,75 +114,62 @@ def run_demo(args: argparse.Namespace) -> dict:
         try:
             model = tb.build_testbed(size=args.testbed, seed=0)
         except tb.TestbedError as e:
-            raise DemoError(f"testbed: {e}") from None
-    card_file = model / tb.CARD_NAME  # present when the model is a testbed
-    card = json.loads(card_file.read_text()) if card_file.is_file() else None
+            raise DemoError(f"testbed: {e}") from e
+    card = tb.read_card(model)  # present when the model is a testbed
     summary["model"] = {"path": str(model), "testbed": card and card["size"]}
-    row_seed = args.seed
-    if card and card["corpus"]["kind"] == "generated":
-        # A testbed's generated corpus starts with the slice its build held out (never trained on):
-        # the same generator and seed give exactly those rows.
-        held_out = max(1, card["corpus"]["rows"] // 50)
-        if args.num_samples > held_out:
-            raise DemoError(f"--num_samples {args.num_samples}: the testbed holds out only {held_out} rows")
-        row_seed = card["seed"]
-        summary["model"].update(testbed_build_s=card["wall_s"], testbed_val_loss=card["val_loss"])
-    timings["model"] = time.perf_counter() - t0
+    if not (card and card["corpus"]["kind"] == "generated"):
+        return model, args.seed
+    # A testbed's generated corpus starts with the slice its build held out (never trained on):
+    # the same generator and seed give exactly those rows.
+    held_out = max(1, card["corpus"]["rows"] // 50)
+    if args.num_samples > held_out:
+        raise DemoError(f"--num_samples {args.num_samples}: the testbed holds out only {held_out} rows")
+    summary["model"].update(testbed_build_s=card["wall_s"], testbed_val_loss=card["val_loss"])
+    return model, card["seed"]
 
-    # 2. the data: the rows tuned on are the rows lm-eval scores
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+
+def _data(args: argparse.Namespace, out: Path, row_seed: int, summary: dict) -> Path:
+    """2. The data: the rows tuned on are the rows lm-eval scores."""
     from tsloss_harness.data import write_jsonl
     from tsloss_harness.testbed import problems
 
+    out.mkdir(parents=True, exist_ok=True)
     rows = problems.generate_gsm8k_rows(args.num_samples, seed=row_seed)
     data_dir = out / "data"
     write_jsonl(rows, data_dir / "train.jsonl")
     write_jsonl(rows, data_dir / "test.jsonl")
     summary["data"] = {"dir": str(data_dir.resolve()), "rows": len(rows), "generator_seed": row_seed}
-    timings["data"] = time.perf_counter() - t0
     _say(f"[2/5] data: {len(rows)} generated GSM8K-format row(s) -> {data_dir}")
+    return data_dir
 
-    # 3. tune
-    t0 = time.perf_counter()
-    summary["tune"] = _tune(args, model, data_dir, out / "tune")
-    timings["tune"] = time.perf_counter() - t0
 
-    # 4. lm-eval, with and without the prompt
-    if not args.skip_eval:
-        t0 = time.perf_counter()
-        # Without rendezvous variables (a launcher's, if the demo runs under one): lm-eval would
-        # otherwise try to join that process group. The tuner removes the ones it sets itself.
-        env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
-        env.update(OFFLINE_ENV, TSLOSS_GSM8K_DIR=str(data_dir.resolve()), OMP_NUM_THREADS=str(args.threads),
-                   MKL_NUM_THREADS=str(args.threads))
-        common = ["--tasks", ",".join(TASKS), "--include_path", str(tasks_dir.resolve()), "--num_fewshot", "0",
-                  "--batch_size", str(args.batch_size), "--log_samples"]
-        prompt_dir = (out / "tune" / "prompt").resolve()
-        runs = {
-            "tsprompt": ["--model", "tsprompt", "--model_args", f"pretrained={model},prompt={prompt_dir}"],
-            "hf": ["--model", "hf", "--model_args", f"pretrained={model}"],
-        }
-        _say(f"[4/5] lm-eval: {', '.join(TASKS)} (0-shot, greedy) on the tuned rows, with the prompt (tsprompt) "
-             "and without it (hf), side by side")
-        summary["lm_eval"] = _lm_eval_pair(runs, common, out / "lm_eval", env)
-        timings["lm_eval"] = time.perf_counter() - t0
+def _evaluate(args: argparse.Namespace, model: Path, data_dir: Path, tasks_dir: Path, out: Path) -> dict:
+    """4. lm-eval, with the prompt (tsprompt) and without it (hf)."""
+    # Without rendezvous variables (a launcher's, if the demo runs under one): lm-eval would
+    # otherwise try to join that process group. The tuner removes the ones it sets itself.
+    env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
+    env.update(OFFLINE_ENV, TSLOSS_GSM8K_DIR=str(data_dir.resolve()), OMP_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads))
+    common = ["--tasks", ",".join(TASKS), "--include_path", str(tasks_dir.resolve()), "--num_fewshot", "0",
+              "--batch_size", str(args.batch_size), "--log_samples"]
+    prompt_dir = (out / "tune" / "prompt").resolve()
+    runs = {
+        "tsprompt": ["--model", "tsprompt", "--model_args", f"pretrained={model},prompt={prompt_dir}"],
+        "hf": ["--model", "hf", "--model_args", f"pretrained={model}"],
+    }
+    _say(f"[4/5] lm-eval: {', '.join(TASKS)} (0-shot, greedy) on the tuned rows, with the prompt (tsprompt) "
+         "and without it (hf), side by side")
+    return _lm_eval_pair(runs, common, out / "lm_eval", env)
 
-    # 5. report
-    if not args.no_report:
-        t0 = time.perf_counter()
-        from tsloss_harness import report
 
-        html = out / "report.html"
-        _say(f"[5/5] report: tsloss report {out / 'tune'} -o {html}")
-        if report.main([str(out / "tune"), "-o", str(html), "--title", "tsloss demo: " + summary["tune"]["label"]]) != 0:
-            raise DemoError("tsloss report failed (see above)")
-        summary["report"] = str(html.resolve())
-        timings["report"] = time.perf_counter() - t0
+def _report(out: Path, label: str) -> str:
+    """5. The HTML report of the tuning run."""
+    from tsloss_harness.report import build_report, load_run, write_report
 
-    timings["total"] = time.perf_counter() - started
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    html = out / "report.html"
+    _say(f"[5/5] report: tsloss report {out / 'tune'} -o {html}")
+    write_report(build_report([load_run(out / "tune")], title="tsloss demo: " + label), html, "html")
+    return str(html.resolve())
 
 
 def _tune(args, model: Path, data_dir: Path, run_dir: Path) -> dict:
@@ -261,10 +242,9 @@ def _lm_eval_pair(runs: dict[str, list[str]], common: list[str], root: Path, env
         cmd = ["lm_eval", *model_args, *common, "--output_path", str(out.resolve())]
         (out / "command.txt").write_text(shlex.join(cmd) + "\n")
         log = open(out / "lm_eval.log", "w")
-        # The lm_eval next to this interpreter: the venv's, with tsprompt registered by the package's .pth hook.
-        exe = Path(sys.executable).with_name("lm_eval")
-        procs[name] = (subprocess.Popen([str(exe) if exe.is_file() else "lm_eval", *cmd[1:]], stdout=log,
-                                        stderr=subprocess.STDOUT, env=env), log, out, cmd)
+        # lm-eval of this interpreter (its environment's, with tsprompt registered by the package's .pth hook)
+        procs[name] = (subprocess.Popen([sys.executable, "-m", *cmd], stdout=log, stderr=subprocess.STDOUT, env=env),
+                       log, out, cmd)
     results = {}
     for name, (proc, log, out, cmd) in procs.items():
         rc = proc.wait()
@@ -306,33 +286,3 @@ def _read_results(out: Path, cmd: list[str]) -> dict:
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def print_summary(s: dict) -> None:
-    t, tune = s["timings_s"], s["tune"]
-    lines = ["", "tsloss demo: done", f"  folder:  {s['output_dir']}"]
-    model = s["model"]
-    lines.append(f"  model:   {model['path']}" + (f" (testbed {model['testbed']})" if model["testbed"] else ""))
-    lines.append(f"  tuned:   {tune['label']}: CE {tune['ce_first']:.4f} -> {tune['ce_final']:.4f}, "
-                 f"training accuracy {_pct(tune['accuracy_final'])}"
-                 + (f", 100% first at step {tune['converged_step']}" if tune["converged_step"] else ""))
-    lines.append(f"  prompt:  {tune['prompt_dir']}")
-    if "lm_eval" in s:
-        for name, label in (("tsprompt", "with prompt   "), ("hf", "without prompt")):
-            r = s["lm_eval"][name]
-            lines.append(f"  lm-eval {label}: gsm8k exact match {_pct(r['exact_match_strict'])} (strict), "
-                         f"{_pct(r['exact_match_flexible'])} (flexible); answer NLL {r['answer_nll']:.2f} nats, "
-                         f"whole answer greedy {_pct(r['greedy_answer'])} (n={r['n']})")
-            lines.append(f"           {r['results_json']}")
-    if "report" in s:
-        lines.append(f"  report:  {s['report']}")
-    lines.append("  time:    " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
-    print("\n".join(lines), flush=True)
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,13 +24,11 @@ from the cache.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -185,7 +183,7 @@ def _cache_key(arch: str, corpus_id: str, size_name: str, size: TestbedSize, see
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _read_card(model_dir: Path) -> dict | None:
+def read_card(model_dir: Path) -> dict | None:
     try:
         return json.loads((model_dir / CARD_NAME).read_text())
     except (OSError, ValueError):
@@ -193,7 +191,7 @@ def _read_card(model_dir: Path) -> dict | None:
 
 
 def _is_complete(model_dir: Path, key: str) -> bool:
-    card = _read_card(model_dir)
+    card = read_card(model_dir)
     return bool(card) and card.get("key") == key and not card.get("stopped_early")
 
 
@@ -216,7 +214,7 @@ def _copy_to(src: Path, out_dir: Path) -> Path:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and _read_card(out_dir) is None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and read_card(out_dir) is None:
         raise TestbedError(f"output directory exists and is not a testbed: {out_dir}")
 
 
@@ -288,13 +286,11 @@ def _lr_at(step: int, size: TestbedSize) -> float:
 
 
 def _train(final_dir: Path, corpus_info, *, arch, size_name, size: TestbedSize, seed, key, minutes, progress) -> None:
+    """Build the testbed into a temporary sibling of ``final_dir``, then publish it there."""
     import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from tsloss_harness import __version__
     from tsloss_harness.testbed.tiny import build_tiny_model, build_tokenizer
 
     # transformers' own load/save bars would bury ours; restored on the way out.
@@ -314,98 +310,20 @@ def _train(final_dir: Path, corpus_info, *, arch, size_name, size: TestbedSize, 
 
         # Hold out a slice of rows for an honest final loss; train on the rest as one packed stream.
         n_val = max(1, len(texts) // 50)
-        train_ids = _pack(texts[n_val:], tokenizer)
-        val_ids = _pack(texts[:n_val], tokenizer)
-        T, B = size.seq_len, size.batch_size
-        if len(train_ids) <= T + 1:
-            raise TestbedError(f"corpus too small: {len(train_ids)} tokens for windows of {T + 1}")
-
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-
-        def batch(ids, g):
-            ix = torch.randint(len(ids) - T - 1, (B,), generator=g)
-            x = torch.stack([ids[i : i + T] for i in ix])
-            y = torch.stack([ids[i + 1 : i + T + 1] for i in ix])
-            return x, y
-
-        def loss_of(x, y):
-            logits = model(input_ids=x).logits
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-
-        # AdamW; no decay on norms and biases (1-d tensors), as in nanoGPT.
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": size.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        opt = torch.optim.AdamW(groups, lr=size.lr, betas=(0.9, 0.95), eps=1e-8)
-
-        model.train()
-        losses: list[float] = []
-        stopped_early = False
-        bar = tqdm(range(size.steps), desc=f"testbed {arch}/{size_name}", unit="step", disable=not progress, leave=False)
-        for step in bar:
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, size)
-            x, y = batch(train_ids, gen)
-            loss = loss_of(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, size.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if deadline is not None and time.perf_counter() > deadline and step + 1 < size.steps:
-                stopped_early = True  # checked after a step, so a capped build still has one
-                break
-        bar.close()
-
-        # Held-out loss on fixed windows (own generator: does not disturb training's stream).
-        model.eval()
-        val_gen = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            n_batches = 4 if len(val_ids) > T + 1 else 0
-            val_loss = sum(loss_of(*batch(val_ids, val_gen)).item() for _ in range(n_batches)) / max(1, n_batches)
+        train_ids, val_ids = _pack(texts[n_val:], tokenizer), _pack(texts[:n_val], tokenizer)
+        if len(train_ids) <= size.seq_len + 1:
+            raise TestbedError(f"corpus too small: {len(train_ids)} tokens for windows of {size.seq_len + 1}")
+        losses, stopped_early = _pretrain(model, train_ids, size, seed, deadline,
+                                          bar_label=f"testbed {arch}/{size_name}" if progress else None)
+        val_loss = _held_out_loss(model, val_ids, size, seed)
 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(tmp / "_tokenizer")
         shutil.rmtree(tmp / "_init")
-
-        cfg = model.config
-        tail = losses[-20:]
-        card = {
-            "key": key,
-            "arch": arch,
-            "model_class": type(model).__name__,
-            "size": size_name,
-            "shape": {
-                "num_hidden_layers": cfg.num_hidden_layers,
-                "hidden_size": cfg.hidden_size,
-                "intermediate_size": cfg.intermediate_size,
-                "num_attention_heads": cfg.num_attention_heads,
-                "num_key_value_heads": cfg.num_key_value_heads,
-                "vocab_size": cfg.vocab_size,
-                "parameters": sum(p.numel() for p in model.parameters()),
-            },
-            "corpus": corpus_info,
-            "training": {**asdict(size), "optimizer": "AdamW(betas=(0.9, 0.95))", "schedule": "linear warm-up, cosine decay"},
-            "steps": len(losses),
-            "steps_planned": size.steps,
-            "stopped_early": stopped_early,
-            "tokens_seen": len(losses) * B * T,
-            "corpus_tokens": len(train_ids),
-            "loss_first": losses[0] if losses else None,
-            "loss_final": sum(tail) / len(tail) if tail else None,  # mean of the last 20 steps
-            "val_loss": val_loss if n_batches else None,
-            "seed": seed,
-            "wall_s": round(time.perf_counter() - t0, 2),
-            "cpu_s": round(time.process_time() - cpu0, 2),
-            "torch_threads": torch.get_num_threads(),
-            "versions": {"tsloss_harness": __version__, "torch": torch.__version__},
-        }
+        card = _card(model, key=key, arch=arch, size_name=size_name, size=size, corpus_info=corpus_info, seed=seed,
+                     losses=losses, stopped_early=stopped_early, corpus_tokens=len(train_ids), val_loss=val_loss,
+                     wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - cpu0)
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(card))
         _publish(tmp, final_dir)
@@ -415,6 +333,109 @@ def _train(final_dir: Path, corpus_info, *, arch, size_name, size: TestbedSize, 
     finally:
         if hf_bars:
             hf_logging.enable_progress_bar()
+
+
+def _windows(ids, size: TestbedSize, generator):
+    """A batch of random next-token windows (x, y) of the packed stream ``ids``."""
+    import torch
+
+    T = size.seq_len
+    ix = torch.randint(len(ids) - T - 1, (size.batch_size,), generator=generator)
+    return torch.stack([ids[i : i + T] for i in ix]), torch.stack([ids[i + 1 : i + T + 1] for i in ix])
+
+
+def _lm_loss(model, x, y):
+    import torch.nn.functional as F
+
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+def _pretrain(model, train_ids, size: TestbedSize, seed: int, deadline: float | None, bar_label: str | None):
+    """nanoGPT-style: AdamW (no decay on norms and biases, the 1-d tensors), warm-up then cosine decay,
+    gradient clipping, a fixed number of steps. Returns (losses, stopped early by ``deadline``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": size.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=size.lr, betas=(0.9, 0.95), eps=1e-8)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(size.steps), desc=bar_label, unit="step", disable=bar_label is None, leave=False)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, size)
+        loss = _lm_loss(model, *_windows(train_ids, size, gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, size.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if deadline is not None and time.perf_counter() > deadline and step + 1 < size.steps:
+            bar.close()
+            return losses, True  # checked after a step, so a capped build still has one
+    bar.close()
+    return losses, False
+
+
+def _held_out_loss(model, val_ids, size: TestbedSize, seed: int) -> float | None:
+    """Mean loss on 4 fixed windows of the held-out rows (own generator: training's stream is untouched)."""
+    import torch
+
+    if len(val_ids) <= size.seq_len + 1:
+        return None
+    model.eval()
+    val_gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        return sum(_lm_loss(model, *_windows(val_ids, size, val_gen)).item() for _ in range(4)) / 4
+
+
+def _card(model, *, key, arch, size_name, size, corpus_info, seed, losses, stopped_early, corpus_tokens, val_loss,
+          wall_s, cpu_s) -> dict:
+    """testbed.json: what was built, from what, how, and what it reached."""
+    import torch
+
+    from tsloss_harness import __version__
+
+    cfg, tail = model.config, losses[-20:]
+    return {
+        "key": key,
+        "arch": arch,
+        "model_class": type(model).__name__,
+        "size": size_name,
+        "shape": {
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads,
+            "vocab_size": cfg.vocab_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "corpus": corpus_info,
+        "training": {**asdict(size), "optimizer": "AdamW(betas=(0.9, 0.95))", "schedule": "linear warm-up, cosine decay"},
+        "steps": len(losses),
+        "steps_planned": size.steps,
+        "stopped_early": stopped_early,
+        "tokens_seen": len(losses) * size.batch_size * size.seq_len,
+        "corpus_tokens": corpus_tokens,
+        "loss_first": losses[0] if losses else None,
+        "loss_final": sum(tail) / len(tail) if tail else None,  # mean of the last 20 steps
+        "val_loss": val_loss,
+        "seed": seed,
+        "wall_s": round(wall_s, 2),
+        "cpu_s": round(cpu_s, 2),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"tsloss_harness": __version__, "torch": torch.__version__},
+    }
 
 
 def _readme(card: dict) -> str:
@@ -437,47 +458,3 @@ def _readme(card: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tsloss testbed",
-        description="Pretrain a tiny causal LM on GSM8K-format text so soft prompts can steer it (cached).",
-    )
-    parser.add_argument("-o", "--output", help="model directory to write (default: print the cache entry)")
-    parser.add_argument("--arch", default="llama", help="llama | gemma | qwen2 (default: llama)")
-    parser.add_argument("--corpus", default="generated", help="'generated' or a GSM8K-format JSONL file / folder with train.jsonl")
-    parser.add_argument("--size", default="default", help=f"preset: {' | '.join(SIZES)} (default: default)")
-    parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap; a capped build is marked and not cached")
-    parser.add_argument("--no-cache", action="store_true", help=f"train into -o without the cache ({default_cache_root()})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        path = build_testbed(
-            args.output,
-            arch=args.arch,
-            corpus=args.corpus,
-            size=args.size,
-            steps=args.steps,
-            seed=args.seed,
-            minutes=args.minutes,
-            cache=not args.no_cache,
-            progress=not args.quiet,
-        )
-    except TestbedError as e:
-        print(f"tsloss testbed: {e}", file=sys.stderr)
-        return 2
-    card = _read_card(path) or {}
-    note = "  [stopped early by --minutes]" if card.get("stopped_early") else ""
-    print(
-        f"{path}\n  {card.get('arch')}/{card.get('size')}: {card.get('steps')} steps, "
-        f"loss {card.get('loss_first', float('nan')):.3f} -> {card.get('loss_final', float('nan')):.3f}, "
-        f"{card.get('wall_s')} s{note}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,6 @@ Heavy libraries are imported inside the functions so importing this module stays
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 ARCHS = ("llama", "gemma", "qwen2")
@@ -127,22 +126,3 @@ def build_tiny_model(arch: str, out_dir, *, seed: int = 0, tokenizer_dir=None, *
     if Path(tokenizer_dir).resolve() != out_dir.resolve():
         tokenizer.save_pretrained(out_dir)
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tsloss_harness.testbed.tiny", description=build_tiny_model.__doc__)
-    parser.add_argument("arch", choices=ARCHS)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hidden-size", type=int, default=DEFAULT_SIZE["hidden_size"])
-    parser.add_argument("--num-layers", type=int, default=DEFAULT_SIZE["num_hidden_layers"])
-    args = parser.parse_args(argv)
-    path = build_tiny_model(
-        args.arch, args.out_dir, seed=args.seed, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers
-    )
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

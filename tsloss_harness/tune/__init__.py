@@ -27,14 +27,9 @@ Methods (``--method``), all trained by the same loop and saved as the same promp
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-from pathlib import Path
-
 from tsloss_harness.tune.config import TuneConfig, TuneError, build_parser, load_config
 
-__all__ = ["TuneConfig", "TuneError", "build_parser", "load_config", "main", "run"]
+__all__ = ["TuneConfig", "TuneError", "build_parser", "load_config", "run"]
 
 
 def run(config: TuneConfig) -> dict:
@@ -42,38 +37,3 @@ def run(config: TuneConfig) -> dict:
     from tsloss_harness.tune.recipe import run as run_recipe
 
     return run_recipe(config)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tune.py`` / ``tsloss tune``: one line on stderr for a bad config or data (exit 2; 1 once the
-    run has started writing), the full traceback for anything unexpected."""
-    from tsloss_harness.errors import TslossError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config = load_config(argv)
-    except TslossError as e:
-        print(f"tsloss tune: {e}", file=sys.stderr)
-        return 2
-    _quiet_libraries(verbose="-v" in argv or "--verbose" in argv)
-    try:
-        summary = run(config)
-    except TslossError as e:
-        print(f"tsloss tune: {e}", file=sys.stderr)
-        return 2 if not Path(config.output_dir, "metrics.jsonl").exists() else 1
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run directory: {config.output_dir} (converged_step={summary['converged_step']})")
-    return 0
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    """Quiet by default: the libraries' INFO chatter and weight-loading bars off."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if verbose:
-        return
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)

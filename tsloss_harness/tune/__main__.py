@@ -2,6 +2,6 @@
 
 import sys
 
-from tsloss_harness.tune import main
+from tsloss_harness.cli import main
 
-sys.exit(main())
+sys.exit(main(["tune", *sys.argv[1:]]))

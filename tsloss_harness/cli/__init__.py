@@ -1,0 +1,56 @@
+"""The ``tsloss`` command: one dispatcher over the library, the only place that talks to a terminal.
+
+Each command is a module here with ``run(argv) -> int`` that parses its flags, calls the library and
+prints. Nothing is imported until a command is chosen, so ``tsloss --help`` is instant. Expected
+failures (``TslossError``: bad flags, data, files) are caught once, here, and printed as one line;
+anything else is a bug and keeps its full traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "tune": ("tune", "train a soft prompt (same flags as tune.py)"),
+    "demo": ("testbed", "testbed -> TSLoss prompt -> lm_eval with and without it -> HTML report"),
+    "testbed": ("testbed", "pretrain a tiny causal LM that soft prompts can steer"),
+    "tasks-path": ("testbed", "print the lm-eval task folder the package ships (for --include_path)"),
+    "topology": ("analysis", "persistent-homology metrics of a prompt (directory or tensor file)"),
+    "report": ("analysis", "HTML/Markdown report of one or more tuner runs"),
+    "leaderboard": ("analysis", "paper-style tables from lm-eval results and tuner runs"),
+    "sweep": ("sweep", "run the tuner over regularizers x seeds, then the leaderboard"),
+    "plan": ("plan", "which ds_configs/ file fits a model on given GPUs, with a memory estimate"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: tsloss <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'tsloss <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tsloss_harness.errors import TslossError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"tsloss: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"tsloss_harness.cli.{COMMANDS[name][0]}")
+    command = getattr(module, name.replace("-", "_"))
+    try:
+        return int(command(rest) or 0)
+    except TslossError as e:
+        print(f"tsloss {name}: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
