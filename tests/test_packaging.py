@@ -4,7 +4,6 @@ where ``tsloss demo`` and ``lm_eval --model tsprompt`` run from the installed pa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import sysconfig
