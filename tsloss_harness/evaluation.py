@@ -43,6 +43,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
+from tsloss_harness.evaluation_hooks import PromptAwareHooks  # lm-eval's cache and chat format, per prompt
 from tsloss_harness.prompt import ADAPTER_CONFIG_NAME, PromptLoadError, load_peft_config, load_prompt, load_provenance
 
 __all__ = ["TSPromptLM", "format_topology_table", "prompt_report"]
@@ -52,7 +53,7 @@ _TABLE_PROVENANCE_KEYS = ("base_model", "method", "regularizer", "dataset", "see
 
 
 @register_model("tsprompt")
-class TSPromptLM(HFLM):
+class TSPromptLM(PromptAwareHooks, HFLM):
     """``HFLM`` with a soft prompt injected as PEFT prompt tuning does. Model args: all of ``hf``'s,
     plus ``prompt`` (required) and ``topology`` (default True: compute the topology report)."""
 

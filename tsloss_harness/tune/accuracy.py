@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tsloss_harness.chat import encode
 from tsloss_harness.data import answer_correct
 from tsloss_harness.tune.objective import prefix_cache
 
@@ -21,7 +22,7 @@ def train_accuracy(engine, tokenizer, examples, template, config, world_size, ze
     deep = peft_config.peft_type == "PREFIX_TUNING"
     p = peft_config.num_virtual_tokens
     rows = examples[: config.eval_max_samples]
-    contexts = [tokenizer(ex.prompt.rstrip())["input_ids"] for ex in rows]
+    contexts = [encode(tokenizer, ex.prompt.rstrip()) for ex in rows]
     max_new = max(len(tokenizer(ex.target)["input_ids"]) for ex in rows) + 4
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     correct = 0

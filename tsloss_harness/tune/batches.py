@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from tsloss_harness.chat import encode
 from tsloss_harness.tune.config import TuneError
 
 
@@ -16,8 +17,8 @@ def tokenize(examples, tokenizer, max_length: int | None):
         spaces = len(context) - len(context.rstrip())  # lm-eval moves trailing spaces to the continuation
         if spaces:
             context, target = context[:-spaces], context[-spaces:] + target
-        whole = tokenizer(context + target)["input_ids"]
-        n_context = len(tokenizer(context)["input_ids"])
+        whole = encode(tokenizer, context + target)  # as lm-eval encodes (no second BOS after a chat template's)
+        n_context = len(encode(tokenizer, context))
         if tokenizer.eos_token_id is not None and whole[-1] != tokenizer.eos_token_id:
             whole = whole + [tokenizer.eos_token_id]
         if n_context >= len(whole):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tsloss_harness.configfile import check_keys, field_parser, read_mapping
+from tsloss_harness.ds_config import fill_ds_config  # noqa: F401  (its home now; re-exported)
 from tsloss_harness.errors import TslossError
 from tsloss_harness.prompt import PROMPT_METHODS
 from tsloss_harness.regularizers import DEFAULTS, REGULARIZERS, UnknownRegularizer, spec, with_half
@@ -71,6 +71,10 @@ class TuneConfig:
     resume: bool = False  # continue from the last engine state in output_dir
     ds_config: str | None = None  # DeepSpeed JSON: a path, or a shipped name (z2, z3, z3_offload); None: z2
     progress: bool = True  # tqdm bar on rank 0
+    tensorboard: str | None = None  # also write the metrics as TensorBoard events under DIR/<run name> (monitor.py)
+    # render rows through the tokenizer's chat template as lm-eval's --apply_chat_template does (chat.py)
+    chat_template: bool = False
+    system_instruction: str | None = None  # lm-eval's --system_instruction, in training too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +105,7 @@ def load_config(argv: list[str] | None = None) -> TuneConfig:
 
 # Flags that may change between a run and its --resume; all others must match the saved config.yaml.
 FREE_ON_RESUME = {"resume", "progress", "eval_every", "eval_max_samples", "eval_batch_size", "topology_every",
-                  "save_every", "stop_at_convergence"}
+                  "save_every", "stop_at_convergence", "tensorboard"}
 
 
 def validate(config: TuneConfig) -> None:
@@ -201,51 +205,3 @@ def ds_config_file(name: str | None) -> Path:
 
 def warmup_steps(config: TuneConfig, total_steps: int) -> int:
     return math.ceil(config.warmup_ratio * total_steps)
-
-
-def fill_ds_config(config: TuneConfig, world_size: int, total_steps: int) -> dict:
-    """The DeepSpeed config dict with every "auto" filled from the flags."""
-    import torch
-
-    path = ds_config_file(config.ds_config)
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TuneError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
-    micro = config.micro_batch_size or config.batch_size // world_size
-    if micro < 1 or config.batch_size % (micro * world_size):
-        raise TuneError(
-            f"batch_size={config.batch_size} is not a multiple of micro_batch_size*world_size={micro}*{world_size}"
-        )
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    auto = {
-        "train_batch_size": config.batch_size,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": config.batch_size // (micro * world_size),
-        "gradient_clipping": config.max_grad_norm,
-        "optimizer.params.lr": config.lr,
-        "optimizer.params.eps": config.adam_eps,
-        "optimizer.params.weight_decay": config.weight_decay,
-        "scheduler.params.total_num_steps": total_steps,
-        "scheduler.params.warmup_num_steps": warmup_steps(config, total_steps),
-        "scheduler.params.warmup_max_lr": config.lr,
-        "bf16.enabled": bf16,
-        "fp16.enabled": False,
-    }
-
-    def fill(node: dict, prefix: str = "") -> None:
-        for key, value in node.items():
-            name = prefix + key
-            if isinstance(value, dict):
-                fill(value, name + ".")
-            elif value == "auto":
-                if name not in auto:
-                    raise TuneError(f"{path}: no flag fills \"auto\" at {name}")
-                node[key] = auto[name]
-
-    fill(ds)
-    # Values written explicitly in the JSON must agree with the flags, or 1 and N ranks would differ.
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
-        if ds.get(key, auto[key]) != auto[key]:
-            raise TuneError(f"{path}: {key}={ds[key]} disagrees with the flags ({auto[key]})")
-    return ds

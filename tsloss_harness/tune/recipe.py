@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch
 
+from tsloss_harness.ds_config import fill_ds_config
 from tsloss_harness.errors import first_line
+from tsloss_harness.monitor import MetricsMonitor
 from tsloss_harness.tune import batches, distributed, objective
 from tsloss_harness.tune.accuracy import train_accuracy
-from tsloss_harness.tune.config import TuneConfig, TuneError, adaptive_ratios, fill_ds_config, validate, warmup_steps
+from tsloss_harness.tune.config import TuneConfig, TuneError, adaptive_ratios, validate, warmup_steps
 
 
 @dataclass
@@ -77,11 +79,13 @@ class TuneRecipe:
         self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (self.is_main and self.config.progress),
                         desc="tune")
         self.metrics_file = open(self.out / "metrics.jsonl", "a") if self.is_main else None
+        self.monitor = MetricsMonitor(self.monitor_blocks) if self.is_main and self.monitor_blocks else None
         self.started = time.perf_counter() - self.state.wall_time_s
 
     def _setup_data(self) -> None:
         from transformers import AutoTokenizer
 
+        from tsloss_harness.chat import apply_training_format
         from tsloss_harness.data import load_examples, template_for
 
         config = self.config
@@ -91,6 +95,8 @@ class TuneRecipe:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         except Exception as e:
             raise TuneError(f"cannot load the tokenizer of {config.model}: {first_line(e)}") from e
+        self.examples = apply_training_format(self.examples, self.tokenizer, self.template, config.chat_template,
+                                              config.system_instruction)  # as lm-eval renders them (chat.py)
         self.rows = batches.tokenize(self.examples, self.tokenizer, config.max_length)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -100,10 +106,13 @@ class TuneRecipe:
     def _setup_distributed(self) -> None:
         import deepspeed
 
+        from tsloss_harness.monitor import split_monitor_blocks
+
         deepspeed.init_distributed()
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.is_main = self.rank == 0
         self.ds_config = fill_ds_config(self.config, self.world_size, self.total_steps)
+        self.ds_config, self.monitor_blocks = split_monitor_blocks(self.ds_config, self.config)  # dashboards (rank 0)
         self.zero_stage = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         self.micro = self.ds_config["train_micro_batch_size_per_gpu"]
         self.accum = self.ds_config["gradient_accumulation_steps"]
@@ -268,6 +277,8 @@ class TuneRecipe:
         if self.is_main:
             self.metrics_file.write(json.dumps(record) + "\n")
             self.metrics_file.flush()
+            if self.monitor:
+                self.monitor.write(record)
             self.bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
             self.bar.update(1)
         self.last.update(record)
@@ -291,6 +302,8 @@ class TuneRecipe:
         self.bar.close()
         if self.metrics_file:
             self.metrics_file.close()
+        if self.monitor:
+            self.monitor.close()
 
     def save(self) -> dict:
         """``prompt/`` and ``summary.json``; returns the summary."""
@@ -327,6 +340,8 @@ class TuneRecipe:
                         provenance=dict(self.provenance(), step=step, topology=topology))
 
     def provenance(self) -> dict:
+        from tsloss_harness.chat import training_format
+
         config = self.config
         return {
             "base_model": config.model,
@@ -338,6 +353,7 @@ class TuneRecipe:
             "seed": config.seed,
             "dataset": config.dataset,
             "num_samples": len(self.rows),
+            **training_format(self.tokenizer, config.chat_template, config.system_instruction),
         }
 
 
