@@ -22,8 +22,10 @@ from tsloss_harness.prompt import load_provenance
 from tsloss_harness.testbed import problems
 from tsloss_harness.tune import TuneConfig, run
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 SYSTEM = "Answer with the worked solution."
 TASK = "tsprompt_test_chat_answer"
 TASK_YAML = f"""\
@@ -63,9 +65,24 @@ def chat_setup(tmp_path_factory, tiny_llama_dir):
         shutil.copy(REPO / "tasks" / "offline" / name, tasks / name)
     (tasks / f"{TASK}.yaml").write_text(TASK_YAML)
     out = root / "tune"
-    run(TuneConfig(model=str(model), data_dir=str(root / "data"), num_samples=1, batch_size=1, max_steps=2, lr=0.05,
-                   warmup_ratio=0.0, save_every=1, eval_every=0, topology_every=0, progress=False, output_dir=str(out),
-                   chat_template=True, system_instruction=SYSTEM))
+    run(
+        TuneConfig(
+            model=str(model),
+            data_dir=str(root / "data"),
+            num_samples=1,
+            batch_size=1,
+            max_steps=2,
+            lr=0.05,
+            warmup_ratio=0.0,
+            save_every=1,
+            eval_every=0,
+            topology_every=0,
+            progress=False,
+            output_dir=str(out),
+            chat_template=True,
+            system_instruction=SYSTEM,
+        )
+    )
     return {"model": model, "tokenizer": tokenizer, "row": row[0], "tasks": tasks, "data": root / "data", "tune": out}
 
 
@@ -81,7 +98,10 @@ def scored(chat_setup, env, tmp_path_factory):
         args = lm_eval_args("tsprompt", model_args, TASK, chat_setup["tasks"], root / name, 1, limit=1) + flags
         procs[name] = (start_lm_eval(args, run_env, root / f"{name}.log"), root / f"{name}.log", root / name)
     try:
-        return {name: {"log": finish_lm_eval(proc, log), **read_lm_eval_output(out)} for name, (proc, log, out) in procs.items()}
+        return {
+            name: {"log": finish_lm_eval(proc, log), **read_lm_eval_output(out)}
+            for name, (proc, log, out) in procs.items()
+        }
     finally:
         for proc, _, _ in procs.values():
             if proc.poll() is None:
@@ -92,7 +112,10 @@ def test_training_ce_equals_tsprompt_nll_with_the_chat_template(chat_setup, scor
     tokenizer, row = chat_setup["tokenizer"], chat_setup["row"]
     # The continuation lm-eval scores, counted with the tokenizer directly: the context lm-eval builds
     # (system + user turns, generation prompt; HFLM moves its trailing newline into the continuation).
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question: {row['question']}\nAnswer:"}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Question: {row['question']}\nAnswer:"},
+    ]
     context = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).rstrip()
     whole = tokenizer(context + "\n" + row["answer"] + "</s>", add_special_tokens=False)["input_ids"]
     n_tokens = len(whole) - len(tokenizer(context, add_special_tokens=False)["input_ids"])
@@ -119,9 +142,14 @@ def test_provenance_and_the_one_line_warning(chat_setup, scored):
 def test_format_mismatch_reads_the_system_turn(chat_setup):
     tokenizer = chat_setup["tokenizer"]
     trained = {"chat_template": True, "system_instruction": SYSTEM}
-    same = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q"}],
-                                         tokenize=False, add_generation_prompt=True)
-    other = tokenizer.apply_chat_template([{"role": "user", "content": "Q"}], tokenize=False, add_generation_prompt=True)
+    same = tokenizer.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Q"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    other = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Q"}], tokenize=False, add_generation_prompt=True
+    )
     assert format_mismatch(trained, True, same, tokenizer) is None
     assert "begin otherwise" in format_mismatch(trained, True, other, tokenizer)
     assert "applies the chat template" in format_mismatch({}, True, None, tokenizer)  # a plain-text prompt

@@ -19,12 +19,27 @@ from helpers import REPO, tune_fails
 from tsloss_harness.ds_config import DsConfigError, fill_ds_config
 from tsloss_harness.tune import TuneConfig, run
 
-HF_FP16 = {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16, "hysteresis": 2,
-           "min_loss_scale": 1}
+HF_FP16 = {
+    "enabled": "auto",
+    "loss_scale": 0,
+    "loss_scale_window": 1000,
+    "initial_scale_power": 16,
+    "hysteresis": 2,
+    "min_loss_scale": 1,
+}
 HF_OPTIMIZER = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
-HF_SCHEDULER = {"type": "WarmupLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": "auto"}}
-HF_TOP = {"gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "steps_per_print": 2000,
-          "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "wall_clock_breakdown": False}
+HF_SCHEDULER = {
+    "type": "WarmupLR",
+    "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto", "warmup_num_steps": "auto"},
+}
+HF_TOP = {
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "steps_per_print": 2000,
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "wall_clock_breakdown": False,
+}
 HF_ZERO2_EXAMPLE = {
     "fp16": HF_FP16, "optimizer": HF_OPTIMIZER, "scheduler": HF_SCHEDULER,
     "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True},
@@ -64,8 +79,17 @@ def _write(tmp_path, name, ds) -> str:
 
 
 def _fill(tmp_path, ds, model, world_size=1, total_steps=10, **flags) -> dict:
-    config = TuneConfig(model=str(model), ds_config=_write(tmp_path, "ds", ds), batch_size=4, lr=0.02, adam_eps=1e-7,
-                        weight_decay=0.05, max_grad_norm=0.5, warmup_ratio=0.25, **flags)
+    config = TuneConfig(
+        model=str(model),
+        ds_config=_write(tmp_path, "ds", ds),
+        batch_size=4,
+        lr=0.02,
+        adam_eps=1e-7,
+        weight_decay=0.05,
+        max_grad_norm=0.5,
+        warmup_ratio=0.25,
+        **flags,
+    )
     return fill_ds_config(config, world_size, total_steps)
 
 
@@ -73,13 +97,21 @@ def test_hf_docs_examples_are_completed_from_the_flags(tmp_path, tiny_llama_dir)
     for example in (HF_ZERO2_EXAMPLE, HF_ZERO3_EXAMPLE):
         ds = _fill(tmp_path, copy.deepcopy(example), tiny_llama_dir, world_size=2, total_steps=10)
         assert "auto" not in json.dumps(ds)
-        assert ds["optimizer"] == {"type": "AdamW",
-                                   "params": {"lr": 0.02, "betas": [0.9, 0.999], "eps": 1e-7, "weight_decay": 0.05}}
+        assert ds["optimizer"] == {
+            "type": "AdamW",
+            "params": {"lr": 0.02, "betas": [0.9, 0.999], "eps": 1e-7, "weight_decay": 0.05},
+        }
         # warm-up: ceil(0.25 * 10) = 3 steps; min lr 0 (the HF Trainer's fill)
-        assert ds["scheduler"] == {"type": "WarmupLR",
-                                   "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.02, "warmup_num_steps": 3}}
+        assert ds["scheduler"] == {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.02, "warmup_num_steps": 3},
+        }
         assert ds["fp16"]["enabled"] is False and ds["fp16"]["initial_scale_power"] == 16
-        assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (4, 2, 1)
+        assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+            4,
+            2,
+            1,
+        )
         assert ds["gradient_clipping"] == 0.5
     zero = ds["zero_optimization"]  # ZeRO-3: the buckets from the hidden size, the rest as written
     assert zero["reduce_bucket_size"] == HIDDEN**2
@@ -90,8 +122,10 @@ def test_hf_docs_examples_are_completed_from_the_flags(tmp_path, tiny_llama_dir)
 
 def test_a_file_without_optimizer_gets_adamw_from_the_flags(tmp_path, tiny_llama_dir):
     ds = _fill(tmp_path, copy.deepcopy(HF_ZERO2_BLOCK), tiny_llama_dir)
-    assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": 0.02, "betas": [0.9, 0.999], "eps": 1e-7,
-                                                           "weight_decay": 0.05, "torch_adam": True}}
+    assert ds["optimizer"] == {
+        "type": "AdamW",
+        "params": {"lr": 0.02, "betas": [0.9, 0.999], "eps": 1e-7, "weight_decay": 0.05, "torch_adam": True},
+    }
     assert ds["zero_force_ds_cpu_optimizer"] is False  # the optimizer is offloaded: DeepSpeed must accept torch's
     assert "scheduler" not in ds  # the tuner's own linear schedule
     assert ds["zero_optimization"] == HF_ZERO2_BLOCK["zero_optimization"]
@@ -107,13 +141,23 @@ def test_a_file_without_optimizer_gets_adamw_from_the_flags(tmp_path, tiny_llama
         ({"amp": {"enabled": True}}, "amp.enabled=true"),
         ({"optimizer": {"type": "Lamb", "params": {}}}, "optimizer.type='Lamb': the tuner trains with AdamW"),
         ({"optimizer": {"type": "Adam", "params": {"adam_w_mode": False}}}, "optimizer.params.adam_w_mode=false"),
-        ({"optimizer": {"type": "AdamW", "params": {"lr": 3e-5}}}, "optimizer.params.lr=3e-05 disagrees with --lr (0.02)"),
+        (
+            {"optimizer": {"type": "AdamW", "params": {"lr": 3e-5}}},
+            "optimizer.params.lr=3e-05 disagrees with --lr (0.02)",
+        ),
         ({"gradient_clipping": 1.0}, "gradient_clipping=1.0 disagrees with --max_grad_norm (0.5)"),
-        ({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 500}}},
-         "scheduler.params.warmup_num_steps=500 disagrees with --warmup_ratio (3)"),
-        ({"scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": "auto"}}},
-         'no flag fills "auto" at scheduler.params.cycle_min_lr'),
-        ({"train_micro_batch_size_per_gpu": 3}, "train_micro_batch_size_per_gpu=3 disagrees with --micro_batch_size (4)"),
+        (
+            {"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 500}}},
+            "scheduler.params.warmup_num_steps=500 disagrees with --warmup_ratio (3)",
+        ),
+        (
+            {"scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": "auto"}}},
+            'no flag fills "auto" at scheduler.params.cycle_min_lr',
+        ),
+        (
+            {"train_micro_batch_size_per_gpu": 3},
+            "train_micro_batch_size_per_gpu=3 disagrees with --micro_batch_size (4)",
+        ),
     ],
 )
 def test_what_the_tuner_cannot_use_fails_naming_the_key(ds, message, tmp_path, tiny_llama_dir):
@@ -123,16 +167,39 @@ def test_what_the_tuner_cannot_use_fails_naming_the_key(ds, message, tmp_path, t
 
 
 def test_refusal_through_the_cli_is_one_line(tmp_path, tiny_llama_dir, short_dir, capsys):
-    argv = ["--model", str(tiny_llama_dir), "--data_dir", str(short_dir), "--output_dir", str(tmp_path / "out"),
-            "--ds_config", _write(tmp_path, "fp16", {**HF_ZERO2_BLOCK, "fp16": {"enabled": True}}), "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_llama_dir),
+        "--data_dir",
+        str(short_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ds_config",
+        _write(tmp_path, "fp16", {**HF_ZERO2_BLOCK, "fp16": {"enabled": True}}),
+        "--no-progress",
+    ]
     assert "fp16.enabled=true" in tune_fails(argv, capsys)
 
 
 def _run(tmp_path, name, ds, model, data_dir, **flags) -> list[dict]:
     out = tmp_path / name
-    run(TuneConfig(model=str(model), data_dir=str(data_dir), num_samples=2, batch_size=2, max_steps=3, lr=0.01,
-                   warmup_ratio=0.1, eval_every=0, topology_every=0, progress=False, output_dir=str(out),
-                   ds_config=_write(tmp_path, name, ds), **flags))
+    run(
+        TuneConfig(
+            model=str(model),
+            data_dir=str(data_dir),
+            num_samples=2,
+            batch_size=2,
+            max_steps=3,
+            lr=0.01,
+            warmup_ratio=0.1,
+            eval_every=0,
+            topology_every=0,
+            progress=False,
+            output_dir=str(out),
+            ds_config=_write(tmp_path, name, ds),
+            **flags,
+        )
+    )
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

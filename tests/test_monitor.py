@@ -21,12 +21,34 @@ def test_tensorboard_and_csv_scalars_equal_metrics_jsonl(tmp_path, tiny_llama_di
     ds["csv_monitor"] = {"enabled": True, "output_path": str(tmp_path / "csv")}
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     out = tmp_path / "run-a"
-    run(TuneConfig(model=str(tiny_llama_dir), data_dir=str(short_dir), num_samples=2, batch_size=2, max_steps=4, lr=0.01,
-                   eval_every=2, topology_every=2, progress=False, output_dir=str(out), ds_config=str(tmp_path / "ds.json"),
-                   tensorboard=str(tmp_path / "tb")))
+    run(
+        TuneConfig(
+            model=str(tiny_llama_dir),
+            data_dir=str(short_dir),
+            num_samples=2,
+            batch_size=2,
+            max_steps=4,
+            lr=0.01,
+            eval_every=2,
+            topology_every=2,
+            progress=False,
+            output_dir=str(out),
+            ds_config=str(tmp_path / "ds.json"),
+            tensorboard=str(tmp_path / "tb"),
+        )
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected = {key: [(r["step"], r[key]) for r in records if key in r] for r in records for key in r if key != "step"}
-    assert {"loss", "ce", "reg", "lr", "samples_per_s", "accuracy", "h0_count", "persistence_entropy"} <= expected.keys()
+    assert {
+        "loss",
+        "ce",
+        "reg",
+        "lr",
+        "samples_per_s",
+        "accuracy",
+        "h0_count",
+        "persistence_entropy",
+    } <= expected.keys()
 
     events = EventAccumulator(str(tmp_path / "tb" / "run-a"))  # DIR/<run name>
     events.Reload()

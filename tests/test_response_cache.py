@@ -18,8 +18,13 @@ TASKS = ["gsm8k_offline", "gsm8k_answer_offline"]
 def _prompt(root, name, seed, model_config):
     d = model_config.hidden_size
     matrix = torch.randn(6, d, generator=torch.Generator().manual_seed(seed)) * 0.5  # large enough to move outputs
-    config = make_prompt_config(str(root), num_virtual_tokens=6, token_dim=d, num_layers=model_config.num_hidden_layers,
-                                num_attention_heads=model_config.num_attention_heads)
+    config = make_prompt_config(
+        str(root),
+        num_virtual_tokens=6,
+        token_dim=d,
+        num_layers=model_config.num_hidden_layers,
+        num_attention_heads=model_config.num_attention_heads,
+    )
     return save_prompt(root / name, matrix, peft_config=config, provenance={"method": "test", "seed": seed})
 
 
@@ -34,8 +39,9 @@ def _responses(model_dir, prompt, task_manager, cache=None) -> dict:
     return {task: [row["resps"] for row in rows] for task, rows in results["samples"].items()}
 
 
-def test_two_prompts_sharing_a_cache_path_keep_their_own_answers(tmp_path, tiny_llama_dir, tasks_dir, gsm8k_dir,
-                                                                  monkeypatch):
+def test_two_prompts_sharing_a_cache_path_keep_their_own_answers(
+    tmp_path, tiny_llama_dir, tasks_dir, gsm8k_dir, monkeypatch
+):
     from lm_eval.tasks import TaskManager
     from sqlitedict import SqliteDict
     from transformers import AutoConfig

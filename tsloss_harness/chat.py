@@ -56,8 +56,10 @@ def render_chat(tokenizer, user: str, system_instruction: str | None) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except jinja2.exceptions.TemplateError as e:
         # lm-eval then drops the system turn; training without it says so instead of doing it silently
-        raise ChatTemplateError(f"the chat template of {tokenizer.name_or_path} rejects this conversation ({e}); "
-                                f"lm-eval would drop the system turn: tune without --system_instruction") from None
+        raise ChatTemplateError(
+            f"the chat template of {tokenizer.name_or_path} rejects this conversation ({e}); "
+            f"lm-eval would drop the system turn: tune without --system_instruction"
+        ) from None
 
 
 def apply_training_format(examples, tokenizer, template: dict, chat_template: bool, system_instruction: str | None):
@@ -72,7 +74,9 @@ def apply_training_format(examples, tokenizer, template: dict, chat_template: bo
     rendered = []
     for ex in examples:
         target = ex.target.removeprefix(delimiter)
-        rendered.append(dataclasses.replace(ex, prompt=render_chat(tokenizer, ex.prompt, system_instruction), target=target))
+        rendered.append(
+            dataclasses.replace(ex, prompt=render_chat(tokenizer, ex.prompt, system_instruction), target=target)
+        )
     return rendered
 
 
@@ -102,20 +106,25 @@ def format_mismatch(provenance: dict, evaluated_with_chat: bool, context: str | 
     instruction, in the chat turn or as plain text)."""
     trained_chat = bool(provenance.get("chat_template", False))
     instruction = provenance.get("system_instruction")
-    trained = f"{'chat-template' if trained_chat else 'plain'} text" + (f" with system instruction {instruction!r}"
-                                                                         if instruction is not None else "")
+    trained = f"{'chat-template' if trained_chat else 'plain'} text" + (
+        f" with system instruction {instruction!r}" if instruction is not None else ""
+    )
     if trained_chat != evaluated_with_chat:
         scored = "applies" if evaluated_with_chat else "does not apply"
-        return (f"the prompt was tuned on {trained} but this evaluation {scored} the chat template "
-                f"(--apply_chat_template): it is scored on text it was not trained on")
+        return (
+            f"the prompt was tuned on {trained} but this evaluation {scored} the chat template "
+            f"(--apply_chat_template): it is scored on text it was not trained on"
+        )
     if context is not None:
         try:
             expected = text_prefix(tokenizer, trained_chat, instruction)
         except ChatTemplateError:
             return None
         if not context.startswith(expected):
-            return (f"the prompt was tuned on {trained} but this evaluation's requests begin otherwise "
-                    f"(--system_instruction, or a task description): it is scored on text it was not trained on")
+            return (
+                f"the prompt was tuned on {trained} but this evaluation's requests begin otherwise "
+                f"(--system_instruction, or a task description): it is scored on text it was not trained on"
+            )
     return None
 
 

@@ -51,8 +51,11 @@ FLAG_OF = {
     "scheduler.params.total_num_steps": "--max_steps / --epochs",
 }
 ADAM_BETAS = [0.9, 0.999]  # torch's and the HF Trainer's defaults (adam_beta1, adam_beta2)
-_HIDDEN_SIZE_KEYS = ("zero_optimization.reduce_bucket_size", "zero_optimization.stage3_prefetch_bucket_size",
-                     "zero_optimization.stage3_param_persistence_threshold")
+_HIDDEN_SIZE_KEYS = (
+    "zero_optimization.reduce_bucket_size",
+    "zero_optimization.stage3_prefetch_bucket_size",
+    "zero_optimization.stage3_param_persistence_threshold",
+)
 
 
 class DsConfigError(TslossError, ValueError):
@@ -85,7 +88,12 @@ def fill_ds_config(config, world_size: int, total_steps: int) -> dict:
             f"batch_size={config.batch_size} is not a multiple of micro_batch_size*world_size={micro}*{world_size}"
         )
     _check_precision(ds, path)
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         ds.setdefault(key, "auto")  # left out: the flags', as the tuner's batch layout and config.yaml need
     _check_or_supply_optimizer(ds, path)
     flags = _flag_values(config, world_size, micro, total_steps)
@@ -112,7 +120,7 @@ def _flag_values(config, world_size: int, micro: int, total_steps: int) -> dict:
 
 
 def _derived_values(ds: dict, config) -> dict:
-    """"auto" values no flag names: defaults, the hardware, the model's size."""
+    """Values for "auto" that no flag names: defaults, the hardware, the model's size."""
     import torch
 
     values = {
@@ -135,7 +143,9 @@ def _hidden_size(model: str) -> int:
     try:
         model_config = AutoConfig.from_pretrained(model)
     except Exception as e:  # noqa: BLE001 (any loading failure: one line)
-        raise DsConfigError(f"cannot read the config of {model} for the ZeRO bucket sizes: {str(e).splitlines()[0]}") from None
+        raise DsConfigError(
+            f"cannot read the config of {model} for the ZeRO bucket sizes: {str(e).splitlines()[0]}"
+        ) from None
     text_config = getattr(model_config, "text_config", None) or model_config
     return int(text_config.hidden_size)
 
@@ -145,7 +155,7 @@ def _check_precision(ds: dict, path: Path) -> None:
         if _get(ds, f"{block}.enabled") is True:
             raise DsConfigError(
                 f"{path}: {block}.enabled=true: the tuner trains in fp32 or bf16 (fp16 loss scaling skips optimizer steps "
-                f"on overflow); set it to false or \"auto\", or use bf16"
+                f'on overflow); set it to false or "auto", or use bf16'
             )
 
 
@@ -161,10 +171,14 @@ def _check_or_supply_optimizer(ds: dict, path: Path) -> None:
     params = optimizer.get("params", {}) if isinstance(optimizer, dict) else None
     if kind not in ("adamw", "adam") or not isinstance(params, dict):
         got = optimizer.get("type") if isinstance(optimizer, dict) else optimizer
-        raise DsConfigError(f"{path}: optimizer.type={got!r}: the tuner trains with AdamW (set type AdamW, "
-                            f"or remove the optimizer block to take AdamW from the flags)")
+        raise DsConfigError(
+            f"{path}: optimizer.type={got!r}: the tuner trains with AdamW (set type AdamW, "
+            f"or remove the optimizer block to take AdamW from the flags)"
+        )
     if params.get("adam_w_mode") is False:
-        raise DsConfigError(f"{path}: optimizer.params.adam_w_mode=false: the tuner trains with AdamW (decoupled weight decay)")
+        raise DsConfigError(
+            f"{path}: optimizer.params.adam_w_mode=false: the tuner trains with AdamW (decoupled weight decay)"
+        )
     optimizer["params"] = params
     for name in ("lr", "betas", "eps", "weight_decay"):
         params.setdefault(name, "auto")  # left out: from the flags, never DeepSpeed's own defaults (lr 1e-3)
@@ -181,8 +195,9 @@ def _check_agreement(ds: dict, path: Path, flags: dict) -> None:
             continue
         expected = flags[key]
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isclose(value, expected)):
-            raise DsConfigError(f"{path}: {key}={value!r} disagrees with {flag} ({expected!r}); "
-                                f"set it to \"auto\" or change the flag")
+            raise DsConfigError(
+                f'{path}: {key}={value!r} disagrees with {flag} ({expected!r}); set it to "auto" or change the flag'
+            )
 
 
 def _fill_auto(ds: dict, path: Path, values: dict) -> None:
@@ -193,7 +208,7 @@ def _fill_auto(ds: dict, path: Path, values: dict) -> None:
                 fill(value, name + ".")
             elif value == "auto":
                 if name not in values:
-                    raise DsConfigError(f"{path}: no flag fills \"auto\" at {name}")
+                    raise DsConfigError(f'{path}: no flag fills "auto" at {name}')
                 node[key] = values[name]
 
     fill(ds, "")

@@ -103,8 +103,12 @@ def _layout(lm) -> dict | None:
     prefix = getattr(lm, "_prefix_config", None)
     if prefix is None:
         return None
-    return {"peft_type": str(prefix.peft_type), "num_layers": prefix.num_layers, "token_dim": prefix.token_dim,
-            "num_attention_heads": prefix.num_attention_heads}
+    return {
+        "peft_type": str(prefix.peft_type),
+        "num_layers": prefix.num_layers,
+        "token_dim": prefix.token_dim,
+        "num_attention_heads": prefix.num_attention_heads,
+    }
 
 
 def _base_model(lm) -> str | None:
@@ -115,8 +119,9 @@ def _base_model(lm) -> str | None:
 def _use_own_table(db, table: str) -> None:
     """Point lm-eval's SqliteDict ``db`` (shared with its ``CachingLM``) at ``table`` of the same file."""
     if not (hasattr(db, "tablename") and hasattr(db, "filename")):
-        raise ResponseCacheError("tsprompt: --use_cache cannot be keyed by the prompt with this sqlitedict version; "
-                         "run without --use_cache")
+        raise ResponseCacheError(
+            "tsprompt: --use_cache cannot be keyed by the prompt with this sqlitedict version; run without --use_cache"
+        )
     from sqlitedict import SqliteDict
 
     SqliteDict(db.filename, tablename=table, autocommit=True).close()  # creates the table

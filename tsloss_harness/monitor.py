@@ -38,8 +38,12 @@ def split_monitor_blocks(ds_config: dict, config) -> tuple[dict, dict]:
     blocks = {key: dict(ds_config[key]) for key in MONITOR_BLOCKS if isinstance(ds_config.get(key), dict)}
     run_name = Path(config.output_dir).resolve().name
     if getattr(config, "tensorboard", None):
-        blocks["tensorboard"] = {**blocks.get("tensorboard", {}), "enabled": True, "output_path": str(config.tensorboard),
-                                 "job_name": run_name}
+        blocks["tensorboard"] = {
+            **blocks.get("tensorboard", {}),
+            "enabled": True,
+            "output_path": str(config.tensorboard),
+            "job_name": run_name,
+        }
     enabled = {key: block for key, block in blocks.items() if block.get("enabled") is True}
     for key, block in enabled.items():
         if key in ("tensorboard", "csv_monitor"):
@@ -63,8 +67,7 @@ class MetricsMonitor:
 
     def write(self, record: dict) -> None:
         step = int(record["step"])
-        events = [(key, float(value), step) for key, value in record.items()
-                  if key != "step" and _is_number(value)]
+        events = [(key, float(value), step) for key, value in record.items() if key != "step" and _is_number(value)]
         self.master.write_events(events)
 
     def close(self) -> None:
