@@ -21,15 +21,18 @@ import sys
 
 MODEL_NAME = "tsprompt"
 MODEL_TARGET = "tsloss_harness.evaluation:TSPromptLM"
+# Further models, registered the same way: ``hf`` plus ACT (tsloss_harness/act_eval.py).
+EXTRA_MODELS = {"hf-act": "tsloss_harness.act_eval:ActHFLM"}
 TRIGGER_MODULE = "lm_eval.models"
 
 
 def register() -> None:
-    """Register ``tsprompt`` in lm-eval's model registry (lazily; idempotent)."""
+    """Register ``tsprompt`` (and ``EXTRA_MODELS``) in lm-eval's model registry (lazily; idempotent)."""
     from lm_eval.api.registry import model_registry
 
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    for name, target in {MODEL_NAME: MODEL_TARGET, **EXTRA_MODELS}.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)
 
 
 class _RegisterAfterExec:

@@ -43,6 +43,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
+from tsloss_harness import baselines
 from tsloss_harness.evaluation_hooks import PromptAwareHooks  # lm-eval's cache and chat format, per prompt
 from tsloss_harness.prompt import ADAPTER_CONFIG_NAME, PromptLoadError, load_peft_config, load_prompt, load_provenance
 
@@ -55,7 +56,8 @@ _TABLE_PROVENANCE_KEYS = ("base_model", "method", "regularizer", "dataset", "see
 @register_model("tsprompt")
 class TSPromptLM(PromptAwareHooks, HFLM):
     """``HFLM`` with a soft prompt injected as PEFT prompt tuning does. Model args: all of ``hf``'s,
-    plus ``prompt`` (required) and ``topology`` (default True: compute the topology report)."""
+    plus ``prompt`` (required) and ``topology`` (default True: compute the topology report); ``act=`` and
+    ``dpc=`` add the ACT / DPC baselines (``tsloss_harness.baselines``)."""
 
     def __init__(self, pretrained: Any, prompt: str | Path | None = None, topology: bool = True, **kwargs: Any):
         if prompt is None or str(prompt) == "":
@@ -75,10 +77,15 @@ class TSPromptLM(PromptAwareHooks, HFLM):
         self._topology_enabled = _as_bool(topology)
         self._report: dict | None = None
         self._prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, batch 1
+        self._act, self._dpc = baselines.from_model_args(kwargs, self._prefix_config, self.prompt_path)
+        self._prompt_act_stats = None  # ACT's statistics of the prompt's own rows
         super().__init__(pretrained, **kwargs)
         if not _is_prompt_wrapped(self._model):  # `pretrained` was a model instance: no _create_model
             self._model = self._attach_prompt(self._model)
             self._model.eval()
+        if self._act is not None:  # calibrated attention in every forward, the prompt's own cache included
+            self._act.apply(self._model)
+            self._prompt_kv = None
 
     # HFLM calls this for string `pretrained`; the prompt joins where HFLM attaches `peft=` adapters,
     # so device placement, eval() and tie_weights() that follow treat both paths alike.
@@ -203,7 +210,16 @@ class TSPromptLM(PromptAwareHooks, HFLM):
                 use_cache=True,
                 **generation_kwargs,
             )
+        if self._dpc is not None:  # per instance: trigger, corruption, generation again
+            output = self._dpc.revise(self, base, input_ids, attention_mask, output, max_length + p, stop, generation_kwargs)
         return output[:, p:]
+
+    def _loglikelihood_tokens(self, *args: Any, **kwargs: Any):
+        if self._dpc is not None:  # DPC is defined on a generated rationale
+            from tsloss_harness.dpc import DpcError
+
+            raise DpcError("tsprompt: dpc= applies to generate_until tasks only; run loglikelihood tasks without dpc=")
+        return super()._loglikelihood_tokens(*args, **kwargs)
 
     def _prompt_cache(self, base: torch.nn.Module, batch_size: int):
         from transformers import DynamicCache
@@ -217,10 +233,12 @@ class TSPromptLM(PromptAwareHooks, HFLM):
             prompt = self.prompt_embeddings.to(device=embedding.device, dtype=embedding.dtype)[None]
             cache = base(inputs_embeds=prompt, use_cache=True).past_key_values
             self._prompt_kv = [tuple(layer[:2]) for layer in cache]
-        return DynamicCache(
+            self._prompt_act_stats = baselines.prompt_stats(self._act, cache)
+        cache = DynamicCache(
             ddp_cache_data=[(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self._prompt_kv],
             config=base.config,
         )
+        return baselines.with_prompt_stats(cache, self._prompt_act_stats, batch_size)
 
     @property
     def max_length(self) -> int:
@@ -229,6 +247,7 @@ class TSPromptLM(PromptAwareHooks, HFLM):
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
+        info.update(baselines.model_info(self._act, self._dpc))
         if self._topology_enabled:
             info["tsprompt"] = self.prompt_report()
             _print_at_cli_exit(info["tsprompt"])

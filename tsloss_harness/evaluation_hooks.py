@@ -94,9 +94,22 @@ def prompt_identity(lm) -> str:
     """SHA-256 (hex) of what makes this prompt's responses its own: the matrix, its layout, the base model."""
     matrix = lm.prompt_embeddings.detach().float().cpu().contiguous()
     digest = hashlib.sha256()
-    digest.update(json.dumps([list(matrix.shape), _layout(lm), _base_model(lm)]).encode())
+    parts = [list(matrix.shape), _layout(lm), _base_model(lm)]
+    parts += baselines_identity(lm)  # ACT / DPC change the responses too (nothing without them)
+    digest.update(json.dumps(parts).encode())
     digest.update(matrix.numpy().tobytes())
     return digest.hexdigest()
+
+
+def baselines_identity(lm) -> list:
+    """The ACT / DPC settings that change a model's responses ([] when neither is on)."""
+    act, dpc = getattr(lm, "_act", None), getattr(lm, "_dpc", None)
+    out = []
+    if act is not None:
+        out.append({"act": [[list(p) for p in act.settings.heads], act.settings.beta, act.settings.threshold]})
+    if dpc is not None:
+        out.append({"dpc": dict(dpc.settings.__dict__)})
+    return out
 
 
 def _layout(lm) -> dict | None:

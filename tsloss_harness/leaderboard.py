@@ -49,6 +49,8 @@ MISSING = "—"
 REGULARIZER_ORDER = ("none", "l2", "pdloss", "h0", "h1", "tsloss")
 ABLATION_NAMES = {"none": "CE baseline", "h0": "CE + H0 only", "h1": "CE + H1 only", "tsloss": "CE + TSLoss",
                   "l2": "CE + L2", "pdloss": "CE + PDLoss"}
+# Inference-time baselines a results file can record (tsloss_harness.baselines), appended to the method.
+INFERENCE_METHODS = ("act", "dpc")
 # Which lm-eval metric is "accuracy" for a task, first match wins (``--metric TASK=KEY`` overrides).
 METRIC_PREFERENCE = (
     "exact_match,strict-match",
@@ -256,6 +258,12 @@ def _prompt_provenance(config: dict, model_args: dict) -> dict | None:
     return None
 
 
+def _with_inference_methods(method: str, config: dict) -> str:
+    """"prompt" -> "prompt+act" / "prompt+dpc" when lm-eval scored with ACT or DPC (``config.act`` /
+    ``config.dpc``, written by tsprompt and hf-act): their own Table III columns."""
+    return "+".join([method, *(name for name in INFERENCE_METHODS if isinstance(config.get(name), dict))])
+
+
 def _pick_metric(task: str, scores: dict, overrides: dict[str, str]) -> str | None:
     if task in overrides:
         return overrides[task] if overrides[task] in scores else None
@@ -281,6 +289,7 @@ def _from_results_file(path: Path, overrides: dict[str, str], warnings: list[str
         model = model_args.get("pretrained") or config.get("model")
         adapter = model_args.get("prompt") or model_args.get("peft")
         method, regularizer, seed, num_samples = ("adapter" if adapter else "base"), None, None, None
+    method = _with_inference_methods(method, config)
     # A group's score stands for its subtasks (MMLU-CF: one row, not one per subject).
     groups = data.get("group_subtasks") if isinstance(data.get("group_subtasks"), dict) else {}
     subtasks = {t for g, members in groups.items() if g in data["results"] for t in members if t != g}

@@ -21,6 +21,7 @@ COMMANDS = {
     "leaderboard": ("analysis", "paper-style tables from lm-eval results and tuner runs"),
     "sweep": ("sweep", "run the tuner over regularizers x seeds, then the leaderboard"),
     "plan": ("plan", "which ds_configs/ file fits a model on given GPUs, with a memory estimate"),
+    "act-calibrate": ("act", "choose ACT's attention heads on a task's examples (the act= file)"),
 }
 
 
