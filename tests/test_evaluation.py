@@ -259,4 +259,5 @@ def test_wheels_carry_the_startup_hook(hook, tmp_path):
         assert any(line.startswith("tsloss_harness_lm_eval.pth,sha256=") for line in zf.read(record).decode().splitlines())
         entry_points = zf.read(record.replace("RECORD", "entry_points.txt")).decode()
     assert pth.strip() == "import tsloss_harness._lm_eval_hook; tsloss_harness._lm_eval_hook.install()"
-    assert "[lm_eval.models]\ntsprompt = tsloss_harness.evaluation:TSPromptLM" in entry_points
+    models = entry_points.split("[lm_eval.models]\n", 1)[1].split("\n\n")[0].splitlines()  # setuptools sorts them
+    assert "tsprompt = tsloss_harness.evaluation:TSPromptLM" in models and "hf-act = tsloss_harness.act_eval:ActHFLM" in models
