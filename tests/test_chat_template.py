@@ -43,6 +43,8 @@ metric_list:
 metadata:
   version: 1.0
 """
+pytestmark = pytest.mark.slow  # lm_eval subprocesses
+
 WARNING = "the prompt was tuned on"  # tsprompt's format warning
 
 

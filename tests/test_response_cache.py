@@ -8,9 +8,12 @@ keyed by the request alone.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tsloss_harness.prompt import make_prompt_config, save_prompt
+
+pytestmark = pytest.mark.slow  # four lm-eval evaluations
 
 TASKS = ["gsm8k_offline", "gsm8k_answer_offline"]
 
