@@ -55,7 +55,7 @@ def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
     rows = problems.generate_gsm8k_rows(len(MMLU_CF_SUBJECTS) * 12, seed=3)
     for i, subject in enumerate(MMLU_CF_SUBJECTS):
         mc = []
-        for j, row in enumerate(rows[i * 12 : (i + 1) * 12]):
+        for row in rows[i * 12 : (i + 1) * 12]:
             n = int(row["answer"].rsplit("#### ", 1)[1])
             mc.append({"Question": row["question"], "A": str(n), "B": str(n + 1), "C": str(n + 2), "D": str(n + 3),
                        "Answer": "A"})  # fmt: skip

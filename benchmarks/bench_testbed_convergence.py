@@ -52,7 +52,7 @@ def tune_one(model_dir: Path, row: dict, seed: int, work: Path, overrides: dict)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         summary = run(config)
-    lines = [json.loads(l) for l in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
     return {
         "converged_step": summary["converged_step"],
         "steps": summary["steps"],

@@ -118,7 +118,7 @@ def test_single_run_without_checkpoints_or_topology(tmp_path):
     run_dir = write_synthetic_run(tmp_path / "run", steps=6, every=3)
     shutil.rmtree(run_dir / "checkpoints")
     shutil.rmtree(run_dir / "prompt")
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in METRIC_KEYS}) + "\n" for r in lines))
     built = report.build_report([report.load_run(run_dir)])
     assert [b[1] for b in built.blocks if b[0] == "figure"] == ["training"]
@@ -151,7 +151,7 @@ def test_table2_falls_back_to_checkpoint_topology(runs_root, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(runs_root / "tsloss-s0", run_dir)
     full = report.table2([report.load_run(run_dir)])
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in METRIC_KEYS}) + "\n" for r in lines))
     fallback = report.table2([report.load_run(run_dir)])
     for key in METRIC_KEYS:  # tsloss.json stores the float32 prompt's topology: equal to float32 precision

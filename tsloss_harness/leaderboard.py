@@ -25,9 +25,10 @@ import html
 import io
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tsloss_harness.errors import TslossError
 

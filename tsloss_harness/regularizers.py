@@ -9,8 +9,8 @@ is asked for, so validating a config costs nothing.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tsloss_harness.errors import TslossError
 

@@ -25,9 +25,10 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -331,7 +332,7 @@ def fig_barcodes(rows, cache: _PromptCache) -> bytes:
 
     def draw(ax, path):
         y = 0
-        for dim, (dgm, color) in enumerate(zip(cache.topology(path)["diagrams"], ("C0", "C1"))):
+        for dgm, color in zip(cache.topology(path)["diagrams"], ("C0", "C1")):
             order = np.lexsort((dgm[:, 1], dgm[:, 0])) if len(dgm) else []
             for birth, death in dgm[order]:
                 ax.hlines(y, birth, death if math.isfinite(death) else limit, color=color, lw=1.2)

@@ -9,7 +9,8 @@ statistics between a metric series and an accuracy series across checkpoints.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

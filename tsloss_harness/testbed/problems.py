@@ -10,8 +10,8 @@ from __future__ import annotations
 import ast
 import operator
 import random
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Callable
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
