@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "topology": ("tsloss_harness.topology", "persistent-homology metrics of a prompt (directory or tensor file)"),
     "report": ("tsloss_harness.report", "HTML/Markdown report of one or more tuner runs"),
     "leaderboard": ("tsloss_harness.leaderboard", "paper-style tables from lm-eval results and tuner runs"),
-    "sweep": ("tsloss_harness.sweep", "run the tuner over regularizers x seeds, then the leaderboard"),
+    "sweep": ("tsloss_harness.sweep", "a grid of tuner runs (any axis x seeds) on Ray, lm-eval scores, ratios, board"),
     "plan": ("tsloss_harness.plan", "which ds_configs/ file fits a model on given GPUs, with a memory estimate"),
 }
 

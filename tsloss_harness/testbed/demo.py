@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -33,12 +32,11 @@ import time
 from pathlib import Path
 
 from tsloss_harness.errors import TslossError
+from tsloss_harness.processes import OFFLINE_ENV, child_env, lm_eval_executable
 
 # Both on the demo's local rows (tasks/offline): the harness's gsm8k task (greedy generation, exact match
 # of the final number) and the answer's log-likelihood (NLL in nats; 1 when the whole answer is greedy).
 TASKS = ("gsm8k_offline", "gsm8k_answer_offline")
-_RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 class DemoError(TslossError, RuntimeError):
@@ -159,9 +157,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         # Without rendezvous variables (a launcher's, if the demo runs under one): lm-eval would
         # otherwise try to join that process group. The tuner removes the ones it sets itself.
-        env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
-        env.update(OFFLINE_ENV, TSLOSS_GSM8K_DIR=str(data_dir.resolve()), OMP_NUM_THREADS=str(args.threads),
-                   MKL_NUM_THREADS=str(args.threads))
+        env = child_env(args.threads, {**OFFLINE_ENV, "TSLOSS_GSM8K_DIR": str(data_dir.resolve())})
         common = ["--tasks", ",".join(TASKS), "--include_path", str(tasks_dir.resolve()), "--num_fewshot", "0",
                   "--batch_size", str(args.batch_size), "--log_samples"]
         prompt_dir = (out / "tune" / "prompt").resolve()
@@ -262,8 +258,7 @@ def _lm_eval_pair(runs: dict[str, list[str]], common: list[str], root: Path, env
         (out / "command.txt").write_text(shlex.join(cmd) + "\n")
         log = open(out / "lm_eval.log", "w")
         # The lm_eval next to this interpreter: the venv's, with tsprompt registered by the package's .pth hook.
-        exe = Path(sys.executable).with_name("lm_eval")
-        procs[name] = (subprocess.Popen([str(exe) if exe.is_file() else "lm_eval", *cmd[1:]], stdout=log,
+        procs[name] = (subprocess.Popen([lm_eval_executable(), *cmd[1:]], stdout=log,
                                         stderr=subprocess.STDOUT, env=env), log, out, cmd)
     results = {}
     for name, (proc, log, out, cmd) in procs.items():
