@@ -294,7 +294,7 @@ def _from_results_file(path: Path, overrides: dict[str, str], warnings: list[str
         if task in subtasks:
             continue
         key = _pick_metric(task, scores, overrides)
-        if key is None and task in groups:  # a scoreless group: its subtasks have the rows
+        if key is None and any(t != task for t in groups.get(task) or []):  # a scoreless group: its subtasks have the rows
             continue
         if key is None:
             warnings.append(f"{path}: task {task} has no accuracy metric (use --metric {task}=KEY); skipped")
