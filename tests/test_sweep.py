@@ -5,12 +5,11 @@ changed configs."""
 
 from __future__ import annotations
 
+import _thread
 import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO, compare_samples, finish_lm_eval, fresh_env, lm_eval_args, read_lm_eval_output, start_lm_eval
+from helpers import REPO, compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval
 from scipy import stats
 
 from tsloss_harness.data import write_jsonl
@@ -246,8 +245,26 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/status").is_file() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
+def _ctrl_c_when(condition, root: Path, timeout: float = 300) -> dict:
+    """A thread that presses Ctrl-C in the main thread (KeyboardInterrupt, as SIGINT does) once
+    ``condition()`` holds; it notes the pids of the cells running then."""
+    state: dict = {"pids": [], "fired": False, "stop": threading.Event()}
+
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline and not state["stop"].is_set():
+            if condition():
+                state.update(pids=_pids_of_running_cells(root), fired=True)
+                _thread.interrupt_main()
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return state
+
+
 @pytest.mark.slow
-def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path):
+def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     root = tmp_path / "grid"
     path = _write(tmp_path / "grid.yaml", {
         "output_dir": str(root), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
@@ -255,22 +272,17 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
         "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1.0]}, "seeds": 2,
         "baseline": {"regularizer": "none"},
     })
-    # 1. Ctrl-C a sweep (its own driver process, joined to the test cluster) once two cells finished.
-    proc = subprocess.Popen([sys.executable, "-m", "tsloss_harness.cli", "sweep", "--config", str(path), "--address",
-                             ray_cluster, "--no-progress"], env=fresh_env(), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline, pids = time.time() + 300, []
-    while time.time() < deadline and proc.poll() is None and len(list(root.rglob("summary.json"))) < 2:
-        pids = _pids_of_running_cells(root) or pids
-        time.sleep(0.05)
-    pids = _pids_of_running_cells(root) or pids
-    assert proc.poll() is None, f"the sweep ended before it could be interrupted: {proc.communicate()[0][-3000:]}"
-    proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130 and "interrupted" in output, output[-3000:]
+    # 1. Ctrl-C the sweep once two cells finished: it stops the running cells' processes and exits 130.
+    ctrl_c = _ctrl_c_when(lambda: len(list(root.rglob("tune/summary.json"))) >= 2, root)
+    try:
+        assert main(["--config", str(path), "--no-progress"]) == 130
+    finally:
+        ctrl_c["stop"].set()
+    assert ctrl_c["fired"] and "interrupted" in capsys.readouterr().err
+    assert ctrl_c["pids"] and not [p for p in ctrl_c["pids"] if _alive(p)]  # no cell process left
+    assert not list(root.rglob("running.json"))
     finished = {p.parent.parent: p.stat().st_mtime_ns for p in root.rglob("tune/summary.json")}
     assert 2 <= len(finished) < 8
-    assert not list(root.rglob("running.json")) and not [p for p in pids if _alive(p)]  # no cell process left
 
     # 2. Run it again: only the unfinished cells run; the finished ones are untouched.
     result = run_sweep(load_sweep_config(path), address=ray_cluster, progress=False)
