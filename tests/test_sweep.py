@@ -347,6 +347,39 @@ def test_killed_cell_is_retried_from_its_checkpoint_and_a_failing_cell_is_report
     assert steps == list(range(1, 41))
 
 
+@pytest.mark.slow
+def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path):
+    """A worker killed outright cannot end its cell's process group: the kernel does (PR_SET_PDEATHSIG),
+    so no orphaned run goes on writing into a cell that is being retried."""
+    import ray
+
+    def sleep_in_a_cell(cell_dir: str) -> int:  # as a cell runs its tuner; its worker dies by SIGKILL (OOM killer)
+        import os
+        import signal
+        import threading
+        from pathlib import Path
+
+        from tsloss_harness.sweep import task
+
+        marker = task._Marker(Path(cell_dir) / "running.json", "token")
+        threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        return task._run_child(["/bin/sleep", "300"], Path(cell_dir) / "log", "sleep", dict(os.environ), Path(cell_dir),
+                               marker, "tune")[0]
+
+    ref = ray.remote(sleep_in_a_cell).options(max_retries=0).remote(str(tmp_path))
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(ref, timeout=120)
+    child = json.loads((tmp_path / "running.json").read_text())["pid"]
+    try:
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def scored_sweep(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("scored")
