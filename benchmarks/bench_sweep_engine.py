@@ -73,7 +73,7 @@ def compare(seq_config, ray_config) -> list[str]:
     from tsloss_harness.sweep import grid
 
     lines, same_steps, same_prompt, worst = [], 0, 0, 0.0
-    pairs = list(zip(grid.expand(seq_config), grid.expand(ray_config)))
+    pairs = list(zip(grid.expand(seq_config), grid.expand(ray_config), strict=True))
     for seq, eng in pairs:
         a = json.loads((seq.run_dir / "summary.json").read_text())
         b = json.loads((eng.run_dir / "summary.json").read_text())

@@ -138,7 +138,7 @@ def test_bad_sweep_configs(tmp_path, change, message):
 def test_bad_config_file_fails_in_one_line(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("tsloss sweep: cannot read sweep config") and "\n" not in err
+    assert err.startswith("tsloss sweep: config file not found") and "\n" not in err
     path = _write(tmp_path / "bad.yaml", {"axes": {"lr": ["fast"]}, "tune": {"num_samples": 1}, "model": str(tmp_path)})
     assert main(["--config", str(path), "--no-progress"]) == 2
     assert "not a number: 'fast'" in capsys.readouterr().err  # the tuner's own parsing, before anything runs

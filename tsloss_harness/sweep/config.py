@@ -109,15 +109,9 @@ class SweepConfig:
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    import yaml
+    from tsloss_harness.configfile import read_mapping
 
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SweepError(f"cannot read sweep config {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise SweepError(f"{path}: expected a mapping of sweep keys")
-    return parse_sweep_config(values, str(path))
+    return parse_sweep_config(read_mapping(path, SweepError), str(path))
 
 
 def parse_sweep_config(values: dict, where: str = "sweep config") -> SweepConfig:

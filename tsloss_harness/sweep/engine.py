@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from tsloss_harness.errors import first_line
 from tsloss_harness.sweep.config import SweepError
 
 __all__ = ["SweepInterrupted", "connect", "run_cells"]
@@ -52,7 +53,7 @@ def connect(address: str | None) -> Callable[[], None]:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise SweepError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None
+        raise SweepError(f"cannot start or join {where}: {first_line(e)}") from None
     return ray.shutdown
 
 

@@ -71,7 +71,7 @@ def expand(config: SweepConfig) -> list[Cell]:
         axes = {axis: (setting.axes.get(axis, values) if setting else values) for axis, values in config.axes.items()}
         resources = config.resources_for(setting)
         for combo in itertools.product(*axes.values()):
-            point = dict(zip(axes, combo))
+            point = dict(zip(axes, combo, strict=True))
             for seed in seeds:
                 key = ({"setting": setting.name} if setting else {}) | point | {"seed": seed}
                 parts = [f"setting={setting.name}"] if setting else []

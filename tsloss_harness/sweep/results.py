@@ -95,7 +95,7 @@ def _ratio_entry(ours: dict, base: dict) -> dict:
     ratio = leaderboard.ratio_ci(a, b) if a and b else (None, None, None)
     # seeds where both converged at a step > 0 (a ratio needs it): the same rows and initial prompt
     pairs = [(ours[s], base[s]) for s in sorted(ours) if s in base and ours[s] and base[s]]
-    paired = leaderboard.paired_ratio_ci(*zip(*pairs)) if pairs else (None, None, None)
+    paired = leaderboard.paired_ratio_ci(*zip(*pairs, strict=True)) if pairs else (None, None, None)
     return {"ratio": ratio[0], "ci95": [ratio[1], ratio[2]], "converged": len(a), "runs": len(ours),
             "baseline_converged": len(b), "baseline_runs": len(base),
             "paired_ratio": paired[0], "paired_ci95": [paired[1], paired[2]], "pairs": len(pairs)}
@@ -132,7 +132,7 @@ def group_rows(cells: list[CellResult], no_prompt: list[CellResult]) -> tuple[li
         row = [str(v) for v in values] + [f"{len(done)}/{len(members)}", _iterations(steps)]
         row += [_mean_ci([c["scores"][t] for c in done if t in c["scores"]]) for t in tasks]
         rows.append(row)
-        records.append({"group": dict(zip(axes, values)), "finished": len(done), "cells": len(members),
+        records.append({"group": dict(zip(axes, values, strict=True)), "finished": len(done), "cells": len(members),
                         "converged_steps": steps, "scores": {t: [c["scores"].get(t) for c in done] for t in tasks}})
     for base in no_prompt:  # the model without a prompt (--model hf): one row per model
         label = f"no prompt: {base['key'].get('model')}"
