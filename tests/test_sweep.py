@@ -429,3 +429,14 @@ def test_finished_cells_are_reused_and_a_changed_config_is_reported(scored_sweep
     err = capsys.readouterr().err
     assert "seed=1: finished with another config (lr: 0.01 -> 0.02); --rerun-changed" in err
     assert summary.read_text() == before  # reported, neither reused nor deleted
+
+
+@pytest.mark.slow
+def test_a_cell_no_node_can_hold_is_refused(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
+    path = _write(tmp_path / "gpu.yaml", {
+        "output_dir": str(tmp_path / "out"), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
+        "tune": {**TINY_TUNE, "num_samples": 1}, "resources": {"num_cpus": 1, "num_gpus": 2},
+    })
+    assert main(["--config", str(path), "--no-progress"]) == 2
+    assert "tsloss sweep: cell seed=0 asks for 1 CPU(s) and 2 GPU(s); the largest node has 2 and 0" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "seed=0" / "tune").exists()
