@@ -1,144 +1,442 @@
+"""tsloss sweep: the grid and its config (no processes), the ratios against numpy/scipy, and on a real
+local Ray cluster started here: a grid equal to runs by hand, Ctrl-C and rerun, a killed cell retried
+from its checkpoint, a failing cell reported, the eval stage equal to lm_eval by hand, reuse and
+changed configs."""
+
+from __future__ import annotations
+
+import _thread
 import json
+import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from helpers import REPO, compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_output, start_lm_eval
+from scipy import stats
 
 from tsloss_harness.cli import main as tsloss
-from tsloss_harness.sweep import SweepError, load_sweep_config, run_sweep
+from tsloss_harness.data import write_jsonl
+from tsloss_harness.prompt import load_prompt
+from tsloss_harness.sweep import SweepError, grid, load_sweep_config, parse_sweep_config, run_sweep
+from tsloss_harness.sweep.results import CellResult, convergence_ratios
+
+TINY_TUNE = {"max_steps": 3, "eval_every": 0, "topology_every": 0, "lr": 0.01, "warmup_ratio": 0.0}
 
 
-@pytest.fixture
-def sweep_yaml(tmp_path, tiny_llama_dir):
-    config = {
-        "output_dir": str(tmp_path / "sweep"),
-        "model": str(tiny_llama_dir),
-        "datasets": ["gsm8k"],
-        "data_dir": "generated",
-        "settings": {"single": 1},
-        "regularizers": ["none", "tsloss"],
-        "seeds": 2,
-        "tune": {"max_steps": 2, "eval_every": 1, "topology_every": 0, "lr": 0.01, "progress": False},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(config))
+def _write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def test_sweep_runs_reuses_and_reports(sweep_yaml, capsys):
-    assert tsloss(["sweep", "--config", str(sweep_yaml)]) == 0
-    out = capsys.readouterr().out
-    assert "4 runs (0 reused)" in out
-    assert "tsloss ÷ none iterations to convergence" in out
-    root = sweep_yaml.parent / "sweep"
-    for reg in ("none", "tsloss"):
-        for seed in (0, 1):
-            summary = json.loads((root / "gsm8k" / "single" / reg / f"seed-{seed}" / "summary.json").read_text())
-            assert summary["config"]["regularizer"] == reg and summary["config"]["seed"] == seed
-            assert summary["steps"] == 2
-    # CE and TSLoss of one seed train on the same generated row; seeds differ.
-    data = sorted((root / "data").iterdir())
-    assert len(data) == 2 and data[0].joinpath("train.jsonl").read_text() != data[1].joinpath("train.jsonl").read_text()
-    assert "Table IV" in (root / "board.md").read_text()
-    ratios = json.loads((root / "ratios.json").read_text())
-    assert [r["regularizer"] for r in ratios] == ["tsloss"] and ratios[0]["runs"] == 2
-    assert "paired by seed" in out
-    for key in ("ratio", "ci95", "converged", "baseline_converged", "paired_ratio", "paired_ci95", "pairs"):
-        assert key in ratios[0]
-
-    # A second call reuses every finished run; an interrupted one (no summary) is redone.
-    (root / "gsm8k" / "single" / "tsloss" / "seed-1" / "summary.json").unlink()
-    result = run_sweep(load_sweep_config(sweep_yaml))
-    assert result["runs"] == 4 and result["reused"] == 3
+# --------------------------------------------------------------------------- the grid (no processes)
 
 
-def test_bad_sweep_configs(tmp_path, sweep_yaml, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("regularizers: [none]\nlearning_rate: 1\n")
-    with pytest.raises(SweepError, match="unknown key"):
-        load_sweep_config(bad)
-    config = load_sweep_config(sweep_yaml)
-    config.regularizers = ["none", "nope"]
-    with pytest.raises(SweepError, match="nope"):
-        run_sweep(config)
+def test_grid_cells_directories_and_values(tmp_path):
+    config = parse_sweep_config({
+        "output_dir": str(tmp_path / "out"), "model": "org/base-model", "data_dir": "generated",
+        "tune": {"lr": 0.02, "eval_every": 5},
+        "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1]},
+        "settings": {"single": 1, "multi": {"num_samples": 10, "tune": {"lr": 0.03, "batch_size": 4},
+                                            "axes": {"regularizer": ["none"]}}},
+        "seeds": [3, 7],
+    })
+    cells = grid.expand(config)
+    assert len(cells) == 2 * 2 * 2 + 1 * 2 * 2  # single: 2 regs x 2 lambdas x 2 seeds; multi: 1 x 2 x 2
+    first = cells[0]
+    assert first.dir == (tmp_path / "out" / "setting=single" / "regularizer=none" / "lambda_ts=0.5" / "seed=3").resolve()
+    assert first.name == "setting=single/regularizer=none/lambda_ts=0.5/seed=3"
+    assert first.key == {"setting": "single", "regularizer": "none", "lambda_ts": 0.5, "seed": 3}
+    by_name = {c.name: c.values for c in cells}
+    single = by_name["setting=single/regularizer=tsloss/lambda_ts=1/seed=7"]
+    multi = by_name["setting=multi/regularizer=none/lambda_ts=0.5/seed=3"]
+    # tune < the setting's tune < the cell's axis values; the sweep derives batch, accuracy rows, data, seed
+    assert (single["lr"], single["regularizer"], single["lambda_ts"], single["seed"]) == (0.02, "tsloss", 1, 7)
+    assert (single["num_samples"], single["batch_size"], single["eval_max_samples"], single["eval_every"]) == (1, 1, 1, 5)
+    assert (multi["lr"], multi["num_samples"], multi["batch_size"], multi["eval_max_samples"]) == (0.03, 10, 4, 10)
+    assert single["data_dir"] == str((tmp_path / "out" / "data" / "gsm8k-seed7-1").resolve())
+    assert multi["data_dir"] == str((tmp_path / "out" / "data" / "gsm8k-seed3-10").resolve())
+    assert single["output_dir"] == str((tmp_path / "out" / "setting=single" / "regularizer=tsloss" / "lambda_ts=1" / "seed=7" / "tune").resolve())
+    assert single["model"] == "org/base-model" and single["progress"] is False
+    assert not [c for c in cells if c.key["setting"] == "multi" and c.key["regularizer"] == "tsloss"]
+    assert not (tmp_path / "out").exists()  # expanding writes nothing
+
+
+def test_path_names_show_values_and_never_collide():
+    names = grid._path_names("model", ["/a/x/llama", "/b/y/llama", "org/gemma-2b", None, True, 1e-05, "text:x, y"])
+    assert names[repr("org/gemma-2b")] == "gemma-2b" and names[repr(None)] == "none" and names[repr(True)] == "true"
+    assert names[repr(1e-05)] == "1e-05" and "," not in names[repr("text:x, y")]
+    a, b = names[repr("/a/x/llama")], names[repr("/b/y/llama")]
+    assert a != b and a.startswith("llama-") and b.startswith("llama-")
+
+
+def test_convergence_protocol_config_keeps_the_protocol():
+    """configs/sweep_convergence.yaml in the axes syntax: the protocol as the README states it (testbed
+    tuner defaults lr 0.01, batch 1, at most 600 steps, stop at convergence)."""
+    config = load_sweep_config(REPO / "configs" / "sweep_convergence.yaml")
+    cells = grid.expand(config)
+    single = [c for c in cells if c.key["setting"] == "single"]
+    multi = [c for c in cells if c.key["setting"] == "multi"]
+    assert len(single) == 5 * 20 and len(multi) == 4 * 20
+    assert {c.key["regularizer"] for c in single} == {"none", "h0", "h1", "tsloss", "ph_exact"}
+    assert {c.key["regularizer"] for c in multi} == {"none", "h0", "h1", "tsloss"}
+    want = {
+        "single": {"num_samples": 1, "batch_size": 1, "num_virtual_tokens": None, "lr": 0.01, "eval_every": 2},
+        "multi": {"num_samples": 10, "batch_size": 8, "num_virtual_tokens": 200, "lr": 0.03, "eval_every": 10},
+    }
+    for c in cells:
+        v, w = c.values, want[c.key["setting"]]
+        assert (v["num_samples"], v["batch_size"], v.get("num_virtual_tokens"), v["lr"], v["eval_every"]) == tuple(w.values())
+        assert (v["max_steps"], v["stop_at_convergence"], v["topology_every"], v["eval_max_samples"]) == (600, True, 0, w["num_samples"])
+        assert v["model"] == "testbed" and v["data_dir"].endswith(f"gsm8k-seed{c.key['seed']}-{w['num_samples']}")
+    assert config.baseline == {"regularizer": "none"} and config.seed_list() == list(range(20))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"learning_rate": 1}, "unknown key"),
+        ({"datasets": ["gsm8k"]}, "now an axis: axes: {dataset"),
+        ({"regularizers": ["none"]}, "now an axis: axes: {regularizer"),
+        ({"axes": {"lr_typo": [1]}}, "not a TuneConfig field"),
+        ({"axes": {"seed": [1, 2]}}, "set by the sweep"),
+        ({"axes": {"lr": []}}, "non-empty list"),
+        ({"axes": {"lr": [0.1, 0.1]}}, "repeated value"),
+        ({"axes": {"regularizer": ["none", "nope"]}}, "unknown regularizer.*nope"),
+        ({"axes": {"method": ["prompt", "lora"]}}, "unknown method.*lora"),
+        ({"tune": {"lr": 1}, "axes": {"lr": [1, 2]}}, "both an axis and a tune value"),
+        ({"tune": {"output_dir": "x"}}, "set by the sweep"),
+        ({"baseline": "none"}, "baseline: {regularizer: none}"),
+        ({"baseline": {"lr": 1}}, "not an axis"),
+        ({"baseline": {"regularizer": "h0"}}, "lack the baseline 'h0'"),
+        ({"settings": {"s": {"num_samples": 0}}}, "positive integer"),
+        ({"settings": {"s": {"rows": 10}}}, "unknown key"),
+        ({"settings": {"s": {"num_samples": 2, "tune": {"learning_rate": 1}}}}, "settings.s.tune"),
+        ({"settings": {"s": {"num_samples": 2, "axes": {"regularizer": ["tsloss"]}}}}, "lack the baseline 'none'"),
+        ({"settings": {"s": {"num_samples": 2, "axes": {"lr": [1]}}}}, "'lr' is not one of axes"),
+        ({"settings": {"s": {"num_samples": 2, "regularizers": ["none"]}}}, "now an axis"),
+        ({"resources": {"num_gpus": 2, "ranks": 1}}, "one rank per GPU"),
+        ({"resources": {"cpus": 2}}, "unknown key"),
+        ({"seeds": 0}, "seeds"),
+        ({"retries": -1}, "retries"),
+        ({"eval": {"limit": 2}}, "eval.tasks"),
+        ({"eval": {"tasks": ["gsm8k"], "model_args": {"prompt": "x"}}}, "come from the cell"),
+    ],
+)
+def test_bad_sweep_configs(tmp_path, change, message):
+    config = {"output_dir": str(tmp_path), "model": "m", "baseline": {"regularizer": "none"}, **change}
+    config["axes"] = {"regularizer": ["none", "tsloss"], **change.get("axes", {})}
+    with pytest.raises(SweepError, match=message):
+        parse_sweep_config(config)
+
+
+def test_bad_config_file_fails_in_one_line(tmp_path, capsys):
     assert tsloss(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "cannot read sweep config" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tsloss sweep: config file not found") and "\n" not in err
+    path = _write(tmp_path / "bad.yaml", {"axes": {"lr": ["fast"]}, "tune": {"num_samples": 1}, "model": str(tmp_path)})
+    assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 2
+    assert "not a number: 'fast'" in capsys.readouterr().err  # the tuner's own parsing, before anything runs
 
 
-def test_reuse_tolerates_fields_added_at_their_default(tmp_path):
+def test_reuse_tolerates_fields_added_at_their_default():
     import dataclasses
 
-    from tsloss_harness.sweep import _finished
     from tsloss_harness.tune import TuneConfig
 
     resolved = dataclasses.asdict(TuneConfig(model="m", seed=3))
     stored = dict(resolved)
     del stored["max_grad_norm"]  # as if the run predates the field; the new value is its default
-    (tmp_path / "summary.json").write_text(json.dumps({"config": stored, "steps": 1}))
-    assert _finished(tmp_path, resolved) == {"config": stored, "steps": 1}
-    assert _finished(tmp_path, {**resolved, "max_grad_norm": 0.5}) is None  # not the default: redo
-    assert _finished(tmp_path, {**resolved, "seed": 4}) is None
-    (tmp_path / "summary.json").write_text(json.dumps({"config": {**resolved, "gone": 1}}))
-    assert _finished(tmp_path, resolved) is None  # a field that no longer exists: redo
+    assert grid.config_diff(stored, resolved, TuneConfig) is None
+    assert grid.config_diff(stored, {**resolved, "max_grad_norm": 0.5}, TuneConfig) == "max_grad_norm: (absent, default 1.0) -> 0.5"
+    assert grid.config_diff(stored, {**resolved, "seed": 4}, TuneConfig) == "seed: 3 -> 4"
+    assert grid.config_diff({**stored, "resume": True, "output_dir": "elsewhere"}, resolved, TuneConfig) is None
+    assert "no longer has: gone" in grid.config_diff({**resolved, "gone": 1}, resolved, TuneConfig)
 
 
-def test_settings_carry_their_own_tuner_values_and_regularizers(sweep_yaml):
-    config = load_sweep_config(sweep_yaml)
-    config.seeds = 1
-    config.settings = {
-        "single": 1,
-        "multi": {"num_samples": 3, "tune": {"num_virtual_tokens": 4, "lr": 0.02}, "regularizers": ["none"]},
+# ----------------------------------------------------------------------------- ratios, independently
+
+
+def _delta_method_ratio(a, b):
+    """Ratio of means with the log-ratio delta-method CI and Welch-Satterthwaite dof, from numpy."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / (len(a) * a.mean() ** 2), b.var(ddof=1) / (len(b) * b.mean() ** 2)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
+    r = a.mean() / b.mean()
+    return r, r * math.exp(-half), r * math.exp(half)
+
+
+def test_convergence_ratios_from_converged_steps():
+    """Per group of cells differing only in the baseline axis and seed: unpaired over converged runs,
+    paired over the seeds where both converged; 0 and 0.0 are one axis value."""
+    steps = {  # (setting, lambda_ts, seed) -> converged_step (None: did not converge)
+        ("single", 0.0, 0): 20, ("single", 0.0, 1): 40, ("single", 0.0, 2): None, ("single", 0.0, 3): 30,
+        ("single", 0.5, 0): 10, ("single", 0.5, 1): 30, ("single", 0.5, 2): 50, ("single", 0.5, 3): 36,
+        ("multi", 0.0, 0): 100, ("multi", 1.0, 0): 80,
     }
-    result = run_sweep(config)
-    assert result["runs"] == 3  # single: none + tsloss; multi: none only
-    root = sweep_yaml.parent / "sweep" / "gsm8k"
-    multi = json.loads((root / "multi" / "none" / "seed-0" / "summary.json").read_text())["config"]
-    single = json.loads((root / "single" / "tsloss" / "seed-0" / "summary.json").read_text())["config"]
-    assert (multi["num_virtual_tokens"], multi["lr"], multi["num_samples"], multi["batch_size"]) == (4, 0.02, 3, 3)
-    assert (single["num_virtual_tokens"], single["lr"], single["num_samples"], single["batch_size"]) == (20, 0.01, 1, 1)
-    assert multi["data_dir"].endswith("gsm8k-seed0-3") and single["data_dir"].endswith("gsm8k-seed0-1")
-    assert not (root / "multi" / "tsloss").exists()
-    assert [(r["setting"], r["regularizer"]) for r in result["ratios"]] == [("single", "tsloss")]
+    cells = [CellResult(key={"setting": s, "lambda_ts": lam, "seed": seed}, finished=True, converged_step=v, scores={})
+             for (s, lam, seed), v in steps.items()]
+    cells.append(CellResult(key={"setting": "single", "lambda_ts": 0.5, "seed": 9}, finished=False, converged_step=None, scores={}))
+    single, multi = convergence_ratios(cells, {"lambda_ts": 0})
+    assert (single["group"], single["value"], multi["group"], multi["value"]) == ({"setting": "single"}, 0.5, {"setting": "multi"}, 1.0)
+    assert (single["converged"], single["runs"], single["baseline_converged"], single["baseline_runs"], single["pairs"]) == (4, 4, 3, 4, 3)
+    ratio, low, high = _delta_method_ratio([10, 30, 50, 36], [20, 40, 30])
+    assert single["ratio"] == pytest.approx(ratio) and single["ci95"] == pytest.approx([low, high])
+    logs = np.log([10 / 20, 30 / 40, 36 / 30])
+    ci = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
+    assert single["paired_ratio"] == pytest.approx(math.exp(logs.mean()))
+    assert single["paired_ci95"] == pytest.approx([math.exp(ci.low), math.exp(ci.high)])
+    assert multi["ratio"] == pytest.approx(0.8) and multi["ci95"] == [None, None] and multi["paired_ci95"] == [None, None]
 
 
-@pytest.mark.parametrize(
-    "setting, message",
-    [
-        ({"num_samples": 0}, "positive integer"),
-        ({"rows": 10}, "unknown key"),
-        ({"num_samples": 2, "tune": {"learning_rate": 1}}, "settings.bad.tune"),
-        ({"num_samples": 2, "regularizers": ["tsloss"]}, "lack the baseline"),
-        ({"num_samples": 2, "regularizers": ["none", "nope"]}, "nope"),
-    ],
-)
-def test_bad_settings(sweep_yaml, setting, message):
-    config = load_sweep_config(sweep_yaml)
-    config.settings = {"bad": setting}
-    with pytest.raises(SweepError, match=message):
-        run_sweep(config)
+# ----------------------------------------------------------------------------- on a real Ray cluster
 
 
-def test_ratios_from_converged_steps(sweep_yaml, monkeypatch):
-    """The printed ratios come from each run's converged_step: unpaired over converged runs, paired
-    over the seeds where both converged (runs replaced by summaries with known steps)."""
-    import dataclasses
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance of 2 CPUs owned by this test process; its GCS address lets other drivers join."""
+    import ray
 
-    from tsloss_harness import leaderboard, tune
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2,
+             logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
 
-    steps = {("none", 0): 20, ("none", 1): 40, ("none", 2): None, ("tsloss", 0): 10, ("tsloss", 1): 30, ("tsloss", 2): 50}
 
-    def fake_run(config):
-        summary = {"config": dataclasses.asdict(config), "converged_step": steps[(config.regularizer, config.seed)], "steps": 1}
-        out = Path(config.output_dir)
-        out.mkdir(parents=True)
-        (out / "summary.json").write_text(json.dumps(summary))
-        return summary
+def _by_hand(values: dict, out: Path) -> Path:
+    """The cell's run started by hand: ``python tune.py`` flags, run by the tuner's own main in this process
+    at one torch thread (as a cell runs)."""
 
-    monkeypatch.setattr(tune, "run", fake_run)
-    config = load_sweep_config(sweep_yaml)
-    config.seeds = 3
-    (r,) = run_sweep(config)["ratios"]
-    assert (r["converged"], r["baseline_converged"], r["pairs"]) == (3, 2, 2)
-    assert r["ratio"] == pytest.approx(30 / 30) and r["ci95"] == list(leaderboard.ratio_ci([10, 30, 50], [20, 40])[1:])
-    assert r["paired_ratio"] == pytest.approx((10 / 20 * 30 / 40) ** 0.5)
-    assert r["paired_ci95"] == list(leaderboard.paired_ratio_ci([10, 30], [20, 40])[1:])
+    flags = [f"--{k}={v}" for k, v in values.items() if k != "output_dir" and v is not None and not isinstance(v, bool)]
+    flags += [f"--{'' if v else 'no-'}{k}" for k, v in values.items() if isinstance(v, bool)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert tsloss(["tune", *flags, f"--output_dir={out}"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _pids_of_running_cells(root: Path) -> list[int]:
+    pids = []
+    for marker in root.rglob("running.json"):
+        try:
+            pid = json.loads(marker.read_text()).get("pid")
+        except (OSError, json.JSONDecodeError):
+            continue
+        pids += [pid] if pid else []
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").is_file() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def _ctrl_c_when(condition, root: Path, timeout: float = 300) -> dict:
+    """A thread that presses Ctrl-C in the main thread (KeyboardInterrupt, as SIGINT does) once
+    ``condition()`` holds; it notes the pids of the cells running then."""
+    state: dict = {"pids": [], "fired": False, "stop": threading.Event()}
+
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline and not state["stop"].is_set():
+            if condition():
+                state.update(pids=_pids_of_running_cells(root), fired=True)
+                _thread.interrupt_main()
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return state
+
+
+@pytest.mark.slow
+def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
+    root = tmp_path / "grid"
+    path = _write(tmp_path / "grid.yaml", {
+        "output_dir": str(root), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
+        "tune": {**TINY_TUNE, "num_samples": 2},
+        "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1.0]}, "seeds": 2,
+        "baseline": {"regularizer": "none"},
+    })
+    # 1. Ctrl-C the sweep once two cells finished: it stops the running cells' processes and exits 130.
+    ctrl_c = _ctrl_c_when(lambda: len(list(root.rglob("tune/summary.json"))) >= 2, root)
+    try:
+        assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 130
+    finally:
+        ctrl_c["stop"].set()
+    assert ctrl_c["fired"] and "interrupted" in capsys.readouterr().err
+    assert ctrl_c["pids"] and not [p for p in ctrl_c["pids"] if _alive(p)]  # no cell process left
+    assert not list(root.rglob("running.json"))
+    finished = {p.parent.parent: p.stat().st_mtime_ns for p in root.rglob("tune/summary.json")}
+    assert 2 <= len(finished) < 8
+
+    # 2. Run it again: only the unfinished cells run; the finished ones are untouched.
+    result = run_sweep(load_sweep_config(path), address=ray_cluster, progress=False)
+    assert (result["cells"], result["ran"], result["reused"], result["failed"]) == (8, 8 - len(finished), len(finished), [])
+    assert all(cell.stat().st_mtime_ns == mtime for cell, mtime in
+               ((c / "tune" / "summary.json", m) for c, m in finished.items()))
+    ratios = json.loads((root / "ratios.json").read_text())
+    assert sorted((r["group"]["lambda_ts"], r["value"], r["runs"]) for r in ratios) == [(0.5, "tsloss", 2), (1.0, "tsloss", 2)]
+
+    # 3. Every cell equals its run by hand.
+    config = load_sweep_config(path)
+    for cell in grid.expand(config):
+        grid.prepare([cell])
+        hand = _by_hand(cell.values, tmp_path / "hand" / cell.name)
+        assert torch.equal(load_prompt(cell.run_dir / "prompt"), load_prompt(hand / "prompt")), cell.name
+        ran = [json.loads(line)["loss"] for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert ran == [json.loads(line)["loss"] for line in (hand / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((cell.run_dir / "summary.json").read_text())["config"]
+        assert (summary["regularizer"], summary["lambda_ts"], summary["seed"]) == (
+            cell.key["regularizer"], cell.key["lambda_ts"], cell.key["seed"])
+
+
+@pytest.mark.slow
+def test_killed_cell_is_retried_from_its_checkpoint_and_a_failing_cell_is_reported(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path):
+    bad = tmp_path / "bad"
+    write_jsonl([{"question": "What is 2 plus 3?"}], bad / "train.jsonl")  # no answer: bad data
+    root = tmp_path / "kill"
+    tune = {**TINY_TUNE, "max_steps": 40, "save_every": 1, "warmup_ratio": 0.1}
+    path = _write(tmp_path / "kill.yaml", {
+        "output_dir": str(root), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir), "tune": tune,
+        "settings": {"good": 3, "bad": {"num_samples": 1, "tune": {"data_dir": str(bad)}}},
+        "axes": {"regularizer": ["tsloss"]}, "seeds": [0], "retries": 1,
+    })
+    good = root / "setting=good" / "regularizer=tsloss" / "seed=0"
+    result: dict = {}
+    sweep = threading.Thread(target=lambda: result.update(run_sweep(load_sweep_config(path), progress=False)))
+    sweep.start()
+    try:  # SIGKILL the good cell's tuner from outside once it has checkpointed a few steps
+        deadline, killed = time.time() + 300, None
+        while time.time() < deadline and killed is None and sweep.is_alive():
+            metrics = good / "tune" / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                killed = json.loads((good / "running.json").read_text())["pid"]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.01)
+    finally:
+        sweep.join(timeout=600)
+    assert killed is not None, "the cell finished before it could be killed"
+    (failed_name, failed_error), = result["failed"]
+    assert failed_name == "setting=bad/regularizer=tsloss/seed=0"
+    assert failed_error.startswith("tsloss tune: ") and "answer" in failed_error
+    bad_record = json.loads((root / failed_name / "cell.json").read_text())
+    assert bad_record["state"] == "failed" and len(bad_record["attempts"]) == 1  # bad input: not retried
+    first, second = json.loads((good / "cell.json").read_text())["attempts"]
+    assert first["error"].startswith("killed by SIGKILL") and second["ok"] and second["resumed_from"].startswith("step-")
+    assert "resume from step-" in (good / "tune.log").read_text()
+    config = grid.expand(load_sweep_config(path))[0]
+    grid.prepare([config])
+    straight = _by_hand(config.values, tmp_path / "straight")
+    assert torch.equal(load_prompt(good / "tune" / "prompt"), load_prompt(straight / "prompt"))
+    steps = [json.loads(line)["step"] for line in (good / "tune" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path):
+    """A worker killed outright cannot end its cell's process group: the kernel does (PR_SET_PDEATHSIG),
+    so no orphaned run goes on writing into a cell that is being retried."""
+    import ray
+
+    def sleep_in_a_cell(cell_dir: str) -> int:  # as a cell runs its tuner; its worker dies by SIGKILL (OOM killer)
+        import os
+        import signal
+        import threading
+        from pathlib import Path
+
+        from tsloss_harness.sweep import task
+
+        marker = task._Marker(Path(cell_dir) / "running.json", "token")
+        threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        return task._run_child(["/bin/sleep", "300"], Path(cell_dir) / "log", "sleep", dict(os.environ), Path(cell_dir),
+                               marker, "tune")[0]
+
+    ref = ray.remote(sleep_in_a_cell).options(max_retries=0).remote(str(tmp_path))
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        ray.get(ref, timeout=120)
+    child = json.loads((tmp_path / "running.json").read_text())["pid"]
+    try:
+        deadline = time.time() + 10
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def scored_sweep(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scored")
+    path = _write(root / "scored.yaml", {
+        "output_dir": str(root / "out"), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
+        "tune": {**TINY_TUNE, "num_samples": 2, "regularizer": "tsloss"}, "seeds": [1],
+        "eval": {"tasks": ["gsm8k_offline"], "limit": 3, "batch_size": 2, "gen_kwargs": "max_gen_toks=12",
+                 "device": "cpu", "model_args": {"dtype": "float32"}, "log_samples": True, "no_prompt": True,
+                 "env": {"TSLOSS_GSM8K_DIR": str(gsm8k_dir)}},
+    })
+    return path, run_sweep(load_sweep_config(path), progress=False)
+
+
+@pytest.mark.slow
+def test_eval_stage_equals_lm_eval_by_hand(scored_sweep, tiny_llama_dir, env, tmp_path):
+    path, result = scored_sweep
+    assert (result["ran"], result["failed"]) == (1, [])
+    cell = Path(load_sweep_config(path).output_dir) / "seed=1"
+    args = lm_eval_args("tsprompt", f"pretrained={tiny_llama_dir},prompt={cell / 'tune' / 'prompt'}", "gsm8k_offline",
+                        REPO / "tasks", tmp_path / "hand", batch_size=2, limit=3)
+    finish_lm_eval(start_lm_eval(args, env, tmp_path / "hand.log"), tmp_path / "hand.log")
+    hand, swept = read_lm_eval_output(tmp_path / "hand"), read_lm_eval_output(cell / "eval")
+    assert compare_samples(hand, swept, "gsm8k") == 3
+    want = hand["results"]["results"]["gsm8k"]
+    got = swept["results"]["results"]["gsm8k"]
+    assert {k: v for k, v in got.items() if "," in k} == {k: v for k, v in want.items() if "," in k}
+    # The board shows the score per cell group, and the no-prompt baseline ran as --model hf.
+    groups = json.loads((cell.parent / "groups.json").read_text())
+    assert groups[0]["scores"]["gsm8k"] == [100 * want["exact_match,strict-match"]]
+    (base_results,) = (cell.parent / "no-prompt").rglob("results_*.json")
+    base_config = json.loads(base_results.read_text())["config"]
+    assert base_config["model"] == "hf" and "prompt" not in str(base_config["model_args"])
+    assert "no prompt: " in (cell.parent / "board.md").read_text()
+
+
+@pytest.mark.slow
+def test_finished_cells_are_reused_and_a_changed_config_is_reported(scored_sweep, capsys):
+    path, _ = scored_sweep
+    assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 0  # nothing to run: no Ray, no process
+    assert "1 cells: 1 reused, 0 run, 0 failed" in capsys.readouterr().out
+    config = yaml.safe_load(path.read_text())
+    config["tune"]["lr"] = 0.02
+    changed = _write(path.with_name("changed.yaml"), config)
+    summary = Path(config["output_dir"]) / "seed=1" / "tune" / "summary.json"
+    before = summary.read_text()
+    assert tsloss(["sweep", "--config", str(changed), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "seed=1: finished with another config (lr: 0.01 -> 0.02); --rerun-changed" in err
+    assert summary.read_text() == before  # reported, neither reused nor deleted
+
+
+@pytest.mark.slow
+def test_a_cell_no_node_can_hold_is_refused(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
+    path = _write(tmp_path / "gpu.yaml", {
+        "output_dir": str(tmp_path / "out"), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
+        "tune": {**TINY_TUNE, "num_samples": 1}, "resources": {"num_cpus": 1, "num_gpus": 2},
+    })
+    assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 2
+    assert "tsloss sweep: cell seed=0 asks for 1 CPU(s) and 2 GPU(s); the largest node has 2 and 0" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "seed=0" / "tune").exists()

@@ -291,14 +291,18 @@ def _from_results_file(path: Path, overrides: dict[str, str], warnings: list[str
         adapter = model_args.get("prompt") or model_args.get("peft")
         method, regularizer, seed, num_samples = ("adapter" if adapter else "base"), None, None, None
     method = _with_inference_methods(method, config)
-    # A group's score stands for its subtasks (MMLU-CF: one row, not one per subject).
+    # A group's score stands for its subtasks (MMLU-CF: one row, not one per subject); a group lm-eval
+    # gives no score (gsm8k_offline: no aggregate_metric_list) leaves its subtasks' rows.
     groups = data.get("group_subtasks") if isinstance(data.get("group_subtasks"), dict) else {}
-    subtasks = {t for g, members in groups.items() if g in data["results"] for t in members if t != g}
+    subtasks = {t for g, members in groups.items() if g in data["results"]
+                and _pick_metric(g, data["results"][g], overrides) is not None for t in members if t != g}
     found = []
     for task, scores in data["results"].items():
         if task in subtasks:
             continue
         key = _pick_metric(task, scores, overrides)
+        if key is None and any(t != task for t in groups.get(task) or []):  # a scoreless group: its subtasks have the rows
+            continue
         if key is None:
             warnings.append(f"{path}: task {task} has no accuracy metric (use --metric {task}=KEY); skipped")
             continue

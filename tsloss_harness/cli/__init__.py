@@ -19,7 +19,7 @@ COMMANDS = {
     "topology": ("analysis", "persistent-homology metrics of a prompt (directory or tensor file)"),
     "report": ("analysis", "HTML/Markdown report of one or more tuner runs"),
     "leaderboard": ("analysis", "paper-style tables from lm-eval results and tuner runs"),
-    "sweep": ("sweep", "run the tuner over regularizers x seeds, then the leaderboard"),
+    "sweep": ("sweep", "a grid of tuner runs (any axis x seeds) on Ray, lm-eval scores, ratios, board"),
     "plan": ("plan", "which ds_configs/ file fits a model on given GPUs, with a memory estimate"),
     "act-calibrate": ("act", "choose ACT's attention heads on a task's examples (the act= file)"),
 }

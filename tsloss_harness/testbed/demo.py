@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -33,12 +32,11 @@ import time
 from pathlib import Path
 
 from tsloss_harness.errors import TslossError
+from tsloss_harness.processes import OFFLINE_ENV, child_env
 
 # Both on the demo's local rows (tasks/offline): the harness's gsm8k task (greedy generation, exact match
 # of the final number) and the answer's log-likelihood (NLL in nats; 1 when the whole answer is greedy).
 TASKS = ("gsm8k_offline", "gsm8k_answer_offline")
-_RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 class DemoError(TslossError, RuntimeError):
@@ -147,9 +145,7 @@ def _evaluate(args: argparse.Namespace, model: Path, data_dir: Path, tasks_dir: 
     """4. lm-eval, with the prompt (tsprompt) and without it (hf)."""
     # Without rendezvous variables (a launcher's, if the demo runs under one): lm-eval would
     # otherwise try to join that process group. The tuner removes the ones it sets itself.
-    env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
-    env.update(OFFLINE_ENV, TSLOSS_GSM8K_DIR=str(data_dir.resolve()), OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads))
+    env = child_env(args.threads, {**OFFLINE_ENV, "TSLOSS_GSM8K_DIR": str(data_dir.resolve())})
     common = ["--tasks", ",".join(TASKS), "--include_path", str(tasks_dir.resolve()), "--num_fewshot", "0",
               "--batch_size", str(args.batch_size), "--log_samples"]
     prompt_dir = (out / "tune" / "prompt").resolve()

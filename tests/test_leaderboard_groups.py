@@ -1,0 +1,25 @@
+"""The leaderboard reads a group lm-eval gives no score (gsm8k_offline: one task, no aggregate) through
+its subtasks, and still lets a scored group (MMLU-CF) stand for its subjects."""
+
+from __future__ import annotations
+
+import json
+
+from tsloss_harness import leaderboard
+
+
+def test_scoreless_group_is_read_through_its_subtasks(tmp_path):
+    data = {  # as lm_eval --tasks gsm8k_offline,mmlu_cf writes it (the fields the leaderboard reads)
+        "results": {"gsm8k_offline": {"alias": "gsm8k_offline"},
+                    "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25},
+                    "mmlu_cf": {"alias": "mmlu_cf", "acc,none": 0.5},
+                    "mmlu_cf_math": {"alias": "mmlu_cf_math", "acc,none": 0.4},
+                    "orphan": {"alias": "orphan", "bleu,none": 3.0}},
+        "group_subtasks": {"gsm8k_offline": ["gsm8k"], "mmlu_cf": ["mmlu_cf_math"], "orphan": []},
+        "config": {"model": "hf", "model_args": "pretrained=/m/tiny"},
+    }
+    path = tmp_path / "results_x.json"
+    path.write_text(json.dumps(data))
+    measurements, warnings = leaderboard.collect([path])
+    assert sorted((m.dataset, m.value) for m in measurements) == [("gsm8k", 25.0), ("mmlu_cf", 50.0)]
+    assert warnings == [f"{path}: task orphan has no accuracy metric (use --metric orphan=KEY); skipped"]

@@ -1,0 +1,138 @@
+"""``tsloss sweep --config sweep.yaml``: a grid of tuner runs over any TuneConfig axis x settings x
+seeds, each cell its own process on Ray, then lm-eval on each tuned prompt, the ratios against a
+baseline and the board.
+
+    tsloss sweep --config configs/sweep_convergence.yaml                # a local Ray instance, this machine
+    tsloss sweep --config sweep.yaml --address auto                     # join a running Ray cluster
+
+The config (YAML)::
+
+    output_dir: runs/sweep
+    model: testbed              # or a model dir / hub id ("testbed": the CPU testbed, built once, cached)
+    data_dir: generated         # GSM8K-format rows per seed and num_samples; or a folder; or null (the hub)
+    tune: {eval_every: 2}       # TuneConfig values for every cell
+    axes:                       # TuneConfig field -> values: every combination is a cell
+      regularizer: [none, tsloss]
+      lambda_ts: [0.5, 1.0]
+    settings:                   # optional, the "setting" axis: named num_samples with their own values
+      single: 1
+      multi: {num_samples: 10, tune: {num_virtual_tokens: 200}, axes: {regularizer: [none]}}
+    seeds: 5                    # or a list
+    baseline: {regularizer: none}   # ratios of iterations to convergence against this axis value
+    resources: {num_cpus: 1, num_gpus: 0}   # per cell (ranks, threads too); settings may override
+    retries: 2                  # further attempts of a cell whose process died
+    eval:                       # lm-eval on each cell's prompt (--model tsprompt), results in the cell
+      tasks: [gsm8k_offline]
+      num_fewshot: 0
+      limit: 100
+      batch_size: 8
+      model_args: {dtype: float32}
+      env: {TSLOSS_GSM8K_DIR: /data/gsm8k}
+      no_prompt: true           # also each model without a prompt (--model hf), the no-prompt baseline
+
+Cell directories show their axis values (``<output_dir>/setting=single/regularizer=tsloss/
+lambda_ts=0.5/seed=3``; see sweep.grid for what they hold). A cell whose ``tune/summary.json`` holds
+the same resolved config is reused; an interrupted one resumes from its last checkpoint (when the
+config saves them, ``save_every``) or starts again; a finished cell whose config has changed is
+reported as failed and left as it is (``--rerun-changed`` deletes and redoes it). At the end the sweep
+writes ``board.md`` (per cell group: iterations to convergence and lm-eval scores, mean ± 95% CI over
+seeds; the paper's tables when the grid varies only what they show), ``ratios.json`` and
+``groups.json``, prints the ratios and the failures, and exits non-zero if any cell failed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tsloss_harness.sweep.config import SweepConfig, SweepError, load_sweep_config, parse_sweep_config
+from tsloss_harness.sweep.engine import SweepInterrupted
+
+__all__ = ["SweepConfig", "SweepError", "SweepInterrupted", "load_sweep_config", "parse_sweep_config", "run_sweep"]
+
+
+def run_sweep(config: SweepConfig, *, address: str | None = None, rerun_changed: bool = False, progress: bool = True,
+              parallel: int | None = None) -> dict[str, Any]:
+    """Run (or reuse) every cell on Ray, score them, write the board; return counts, failures, ratios.
+    Raises SweepInterrupted on Ctrl-C (after stopping the running cells)."""
+    from tsloss_harness.sweep import engine, grid
+
+    cells = grid.expand(config)
+    eval_config = config.eval_config()
+    eval_spec = eval_config.spec() if eval_config else None
+    grid.prepare(cells)
+    states = {c.name: grid.tune_state(c) for c in cells}
+    changed = {name: diff for name, (state, diff) in states.items() if state == "changed"}
+    if rerun_changed:
+        for c in cells:
+            if c.name in changed:
+                for folder in (c.run_dir, c.dir / "eval"):
+                    shutil.rmtree(folder, ignore_errors=True)
+        changed = {}
+    todo = [c for c in cells if c.name not in changed
+            and (states[c.name][0] != "done" or (eval_spec is not None and not grid.eval_done(c, eval_spec)))]
+    specs = [_cell_spec(c, c.config, eval_spec) for c in todo]
+    no_prompt = _no_prompt_cells(config, cells) if eval_config and eval_config.no_prompt else []
+    specs += [_cell_spec(c, None, eval_spec) for c in no_prompt if not grid.eval_done(c, eval_spec)]
+
+    records: dict[str, dict] = {}
+    if specs:
+        stop = engine.connect(address)
+        try:
+            records = engine.run_cells(specs, config.retries, progress=progress, parallel=parallel)
+        finally:
+            stop()
+    return _report(config, cells, no_prompt, eval_spec is not None, records, changed, len(todo))
+
+
+def _cell_spec(cell, config: dict | None, eval_spec: dict | None) -> dict:
+    """What the Ray task gets: plain values only."""
+    from tsloss_harness.processes import format_model_args
+
+    r = cell.resources
+    model = cell.model
+    if eval_spec is not None:
+        try:
+            format_model_args({"pretrained": model, "prompt": cell.dir / "tune" / "prompt", **eval_spec["model_args"]})
+        except ValueError as e:
+            raise SweepError(f"cell {cell.name}: {e}") from None
+    return {"name": cell.name, "key": cell.key, "dir": str(cell.dir), "config": config, "model": model,
+            "eval": eval_spec, "num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "ranks": r.ranks, "threads": r.threads,
+            "attempt": 1}
+
+
+def _no_prompt_cells(config: SweepConfig, cells: list) -> list:
+    """One no-prompt scoring per model: ``<output_dir>/no-prompt/model=<name>``."""
+    from tsloss_harness.sweep.grid import Cell, _path_names
+
+    models = list(dict.fromkeys(c.model for c in cells))
+    names = _path_names("model", models)
+    root = Path(config.output_dir).expanduser().resolve() / "no-prompt"
+    resources = config.resources_for(None)
+    return [Cell({"model": m}, root / f"model={names[repr(m)]}", {"model": m}, resources, {"model": m}) for m in models]
+
+
+def _report(config: SweepConfig, cells: list, no_prompt: list, scored: bool, records: dict, changed: dict, ran: int) -> dict:
+    from tsloss_harness.sweep import results
+
+    out = Path(config.output_dir).expanduser().resolve()
+    finished = [results.read_cell(c.key, c.run_dir, c.dir / "eval" if scored else None)
+                for c in cells if c.name not in changed]
+    bases = [results.read_cell(c.key, c.run_dir, c.dir / "eval") for c in no_prompt]
+    ratios = results.convergence_ratios(finished, config.baseline)
+    varying = {k for k in (cells[0].key if cells else {}) if k != "seed" and len({repr(c.key[k]) for c in cells}) > 1}
+    board_text, groups = results.render_board(finished, bases, varying)
+    board = out / config.leaderboard
+    board.parent.mkdir(parents=True, exist_ok=True)
+    board.write_text(board_text)
+    (out / "ratios.json").write_text(json.dumps(ratios, indent=2) + "\n")
+    (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n")
+    failed = [(name, r["error"]) for name, r in records.items() if r.get("state") == "failed"]
+    failed += [(name, f"finished with another config ({diff}); --rerun-changed deletes and redoes it")
+               for name, diff in changed.items()]
+    return {"cells": len(cells), "ran": ran, "reused": len(cells) - ran - len(changed), "failed": failed, "ratios": ratios, "leaderboard": str(board), "board": board_text, "records": records}
+
+
+# ------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,174 @@
+"""What a finished sweep reports: ratios of iterations to convergence against a baseline axis value,
+and the board: per cell group (cells that differ only in seed) the iterations and lm-eval scores with
+95% CIs over seeds, plus the paper's tables when the grid varies only what they show.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tsloss_harness import leaderboard
+
+__all__ = ["CellResult", "convergence_ratios", "read_cell", "render_board"]
+
+# Axes the paper's tables (leaderboard) tell apart; a grid over anything else gets the group table only.
+PAPER_AXES = {"setting", "model", "dataset", "method", "regularizer", "num_samples"}
+
+
+class CellResult(dict):
+    """key (axis values with seed), converged_step (None: did not converge), finished (bool),
+    scores ({task: score %}), sources (run dir, results files)."""
+
+
+def read_cell(key: dict, run_dir: Path, eval_dir: Path | None) -> CellResult:
+    result = CellResult(key=key, finished=False, converged_step=None, scores={}, metrics={}, sources=[])
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        result.update(finished=True, converged_step=summary.get("converged_step"))
+        result["sources"].append(str(run_dir))
+    except (OSError, json.JSONDecodeError):
+        pass
+    if eval_dir is not None:
+        result["scores"], result["metrics"], files = read_scores(eval_dir)
+        result["sources"] += files
+    return result
+
+
+def read_scores(eval_dir: Path) -> tuple[dict[str, float], dict[str, str], list[str]]:
+    """{task: score in %} from the latest lm-eval results file under ``eval_dir``, the metric of each,
+    as the leaderboard picks it (``leaderboard.METRIC_PREFERENCE``)."""
+    try:
+        listed = json.loads((eval_dir / "eval.json").read_text())["results"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return {}, {}, []
+    files = [f for f in listed if Path(f).is_file()][-1:]
+    if not files:
+        return {}, {}, []
+    measurements, _ = leaderboard.collect(files)
+    scores = {m.dataset: m.value for m in measurements if m.kind == "accuracy"}
+    metrics = {m.dataset: m.source.rsplit(":", 1)[-1] for m in measurements if m.kind == "accuracy"}
+    return scores, metrics, files
+
+
+# ------------------------------------------------------------------------------------------ ratios
+
+
+def _value_key(value: Any) -> tuple:
+    """Axis values compare as YAML means them: 0 and 0.0 are one value, True is not 1."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ("number", float(value))
+    return (type(value).__name__, repr(value))
+
+
+def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> list[dict]:
+    """For each baseline axis, each group of finished cells that differ only in that axis and seed:
+    every other value's converged_step against the baseline value's, as the ratio of means over
+    converged runs (``leaderboard.ratio_ci``) and the geometric mean of per-seed ratios over seeds
+    where both converged (``leaderboard.paired_ratio_ci``), each with its 95% CI."""
+    out = []
+    for axis, base_value in baseline.items():
+        groups: dict[tuple, dict[tuple, tuple[Any, dict]]] = {}
+        for cell in cells:
+            key = cell["key"]
+            if axis not in key or not cell["finished"]:
+                continue
+            rest = tuple((k, v) for k, v in key.items() if k not in (axis, "seed"))
+            slot = groups.setdefault(rest, {}).setdefault(_value_key(key[axis]), (key[axis], {}))
+            slot[1][key["seed"]] = cell["converged_step"]
+        for rest, by_value in groups.items():
+            if _value_key(base_value) not in by_value:
+                continue
+            base = by_value[_value_key(base_value)][1]
+            for vkey, (value, ours) in by_value.items():
+                if vkey != _value_key(base_value):
+                    out.append({"group": dict(rest), "axis": axis, "value": value, "baseline": base_value,
+                                **_ratio_entry(ours, base)})
+    return out
+
+
+def _ratio_entry(ours: dict, base: dict) -> dict:
+    a = [v for v in ours.values() if v is not None]
+    b = [v for v in base.values() if v is not None]
+    ratio = leaderboard.ratio_ci(a, b) if a and b else (None, None, None)
+    # seeds where both converged at a step > 0 (a ratio needs it): the same rows and initial prompt
+    pairs = [(ours[s], base[s]) for s in sorted(ours) if s in base and ours[s] and base[s]]
+    paired = leaderboard.paired_ratio_ci(*zip(*pairs, strict=True)) if pairs else (None, None, None)
+    return {"ratio": ratio[0], "ci95": [ratio[1], ratio[2]], "converged": len(a), "runs": len(ours),
+            "baseline_converged": len(b), "baseline_runs": len(base),
+            "paired_ratio": paired[0], "paired_ci95": [paired[1], paired[2]], "pairs": len(pairs)}
+
+
+def format_ratio(r: dict) -> str:
+    group = " ".join(f"{k}={v}" for k, v in r["group"].items())
+    return (f"{group + ': ' if group else ''}{r['axis']}={r['value']} ÷ {r['axis']}={r['baseline']} iterations to "
+            f"convergence = {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; converged "
+            f"{r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['baseline_runs']}); paired by seed "
+            f"{_fmt(r['paired_ratio'])} (95% CI {_fmt(r['paired_ci95'][0])}–{_fmt(r['paired_ci95'][1])}, {r['pairs']} seeds)")
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+# ------------------------------------------------------------------------------------------- board
+
+
+def group_rows(cells: list[CellResult], no_prompt: list[CellResult]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """One row per cell group: its axis values, seeds finished, iterations to converge and each task's
+    score, mean ± 95% CI half-width over seeds (Student t)."""
+    axes = [k for k in (cells[0]["key"] if cells else {}) if k != "seed"]
+    tasks = sorted({t for c in cells + no_prompt for t in c["scores"]})
+    groups: dict[tuple, list[CellResult]] = {}
+    for cell in cells:
+        groups.setdefault(tuple(cell["key"].get(a) for a in axes), []).append(cell)
+    columns = axes + ["seeds", "iterations to converge"] + [f"{t} (%)" for t in tasks]
+    rows, records = [], []
+    for values, members in groups.items():
+        done = [c for c in members if c["finished"]]
+        steps = [c["converged_step"] for c in done]
+        row = [str(v) for v in values] + [f"{len(done)}/{len(members)}", _iterations(steps)]
+        row += [_mean_ci([c["scores"][t] for c in done if t in c["scores"]]) for t in tasks]
+        rows.append(row)
+        records.append({"group": dict(zip(axes, values, strict=True)), "finished": len(done), "cells": len(members),
+                        "converged_steps": steps, "scores": {t: [c["scores"].get(t) for c in done] for t in tasks}})
+    for base in no_prompt:  # the model without a prompt (--model hf): one row per model
+        label = f"no prompt: {base['key'].get('model')}"
+        head = [label] + [""] * (len(axes) - 1) + [""] if axes else [label]
+        rows.append(head + ["—"] + [_mean_ci([base["scores"][t]] if t in base["scores"] else []) for t in tasks])
+    return columns, rows, records
+
+
+def _iterations(steps: list) -> str:
+    converged = [s for s in steps if s is not None]
+    if not steps:
+        return "—"
+    if not converged:
+        return f"not conv. (0/{len(steps)})"
+    return _mean_ci(converged, digits=1) + ("" if len(converged) == len(steps) else f" ({len(converged)}/{len(steps)} conv.)")
+
+
+def _mean_ci(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "—"
+    mean, half, n = leaderboard.mean_ci(values)
+    text = f"{mean:.{digits}f}" if half is None or math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+    return f"{text} (n={n})"
+
+
+def render_board(cells: list[CellResult], no_prompt: list[CellResult], varying: set[str]) -> tuple[str, list[dict]]:
+    """The board's markdown and its group records (groups.json)."""
+    columns, rows, records = group_rows(cells, no_prompt)
+    text = ("### Sweep: cell groups (cells that differ only in seed)\n\n" + leaderboard.markdown_table(columns, rows)
+            + "\n\nmean ± 95% CI half-width over seeds (Student t); iterations over converged runs; scores: lm-eval, "
+            "the leaderboard's metric per task.\n")
+    if varying <= PAPER_AXES:
+        sources = [s for c in cells + no_prompt for s in c["sources"]]
+        if sources:
+            measurements, _ = leaderboard.collect(sources)
+            text += "\n" + leaderboard.render(leaderboard.build_tables(measurements), "md")
+    else:
+        text += (f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n")
+    return text, records

@@ -1,0 +1,246 @@
+"""One attempt of one cell, as a Ray task runs it: the tuner, then lm-eval, each its own process group,
+its output appended to a log in the cell's directory.
+
+Imports nothing heavy (no torch): a Ray worker only starts and watches processes. ``spec`` is a plain
+dict (engine.cell_spec). An attempt resumes the tuner from its last checkpoint when the run saved one
+(``save_every``) with the same config, else starts it from nothing. A cancelled attempt (Ctrl-C, Ray's
+cancel) ends its process group before it returns, and a child whose worker dies gets SIGTERM from the
+kernel (Linux), so no run goes on writing into a cell directory the sweep has given up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tsloss_harness import processes
+
+__all__ = ["run_cell", "tune_command"]
+
+ENTRY = str(Path(__file__).with_name("tune_entry.py"))
+# Exec the command with PR_SET_PDEATHSIG = SIGTERM: the kernel ends it when the worker that started it
+# dies (exits at once if that already happened). argv: parent pid, command...
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))\n"
+    "os.getppid() == int(sys.argv[1]) or os._exit(70)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+BAD_INPUT = 2  # the tuner's exit code for a bad config or data: another attempt cannot help
+KILL_GRACE_S = 10
+
+
+def run_cell(spec: dict) -> dict:
+    """Tune (unless finished) and score (when asked and not done) one cell; a dict saying how it went."""
+    cell_dir = Path(spec["dir"])
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    outcome = {"ok": True, "attempt": spec["attempt"], "host": socket.gethostname(), "stage": None, "rc": 0,
+               "error": None, "retryable": False, "resumed_from": None}
+    marker = _Marker(cell_dir / "running.json", spec["token"])
+    started = time.time()
+    try:
+        if spec["config"] is not None and not _tune_finished(spec):
+            outcome.update(_tune(spec, marker))
+        if outcome["ok"] and spec["eval"] is not None:
+            outcome.update(_eval(spec, marker))
+    finally:
+        marker.clear()
+        outcome["wall_s"] = round(time.time() - started, 3)
+    return outcome
+
+
+# ------------------------------------------------------------------------------------------- tune
+
+
+def _tune_finished(spec: dict) -> bool:
+    from tsloss_harness.sweep.grid import config_diff
+    from tsloss_harness.tune import TuneConfig
+
+    try:
+        summary = json.loads((Path(spec["dir"]) / "tune" / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(summary.get("config"), dict) and config_diff(summary["config"], spec["config"], TuneConfig) is None
+
+
+def _resumable(run_dir: Path, config: dict) -> str | None:
+    """The checkpoint tag an attempt can resume from: the run saved one and ran this config."""
+    import yaml
+
+    from tsloss_harness.sweep.grid import config_diff
+    from tsloss_harness.tune import TuneConfig
+
+    latest = run_dir / "engine_state" / "latest"
+    if not config.get("save_every") or not latest.is_file() or not (run_dir / "config.yaml").is_file():
+        return None
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return latest.read_text().strip() if isinstance(saved, dict) and config_diff(saved, config, TuneConfig) is None else None
+
+
+def tune_command(spec: dict, config_yaml: Path, resume: bool, gpu_ids: list[str]) -> list[str]:
+    """``python tune_entry.py --config ...``; with more than one rank the DeepSpeed launcher, on exactly
+    the GPUs Ray gave the task (``--include localhost:<ids>``) or ``--num_gpus <ranks>`` CPU ranks."""
+    args = [ENTRY, "--config", str(config_yaml)] + (["--resume"] if resume else [])
+    if spec["ranks"] == 1:
+        return [sys.executable, *args]
+    deepspeed = str(Path(sys.executable).with_name("deepspeed"))
+    devices = ["--include", "localhost:" + ",".join(gpu_ids)] if gpu_ids else ["--num_gpus", str(spec["ranks"])]
+    return [deepspeed, "--master_port", str(_free_port()), *devices, *args]
+
+
+def _tune(spec: dict, marker: _Marker) -> dict:
+    import yaml
+
+    cell_dir = Path(spec["dir"])
+    run_dir = cell_dir / "tune"
+    tag = _resumable(run_dir, spec["config"])
+    if tag is None:  # an earlier attempt's partial run (or none): start from nothing, scores with it
+        for stale in (run_dir, cell_dir / "eval"):
+            shutil.rmtree(stale, ignore_errors=True)
+    config_yaml = cell_dir / "tune.yaml"
+    config_yaml.write_text(yaml.safe_dump(spec["config"], sort_keys=False))
+    gpu_ids = _gpu_ids(spec)
+    env = processes.child_env(spec["threads"])
+    if spec["ranks"] > 1 and gpu_ids:  # the launcher's --include names them; it must see every GPU of the node
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = tune_command(spec, config_yaml, tag is not None, gpu_ids)
+    header = f"attempt {spec['attempt']} on {socket.gethostname()}: " + (f"resume from {tag}" if tag else "from the start")
+    rc, error = _run_child(cmd, cell_dir / "tune.log", header, env, cell_dir, marker, "tune")
+    ok = rc == 0 and (run_dir / "summary.json").is_file()
+    if rc == 0 and not ok:
+        error = "the tuner exited 0 without writing summary.json"
+    return {"ok": ok, "stage": "tune", "rc": rc, "error": None if ok else error,
+            "retryable": not ok and rc != BAD_INPUT, "resumed_from": tag}
+
+
+def _gpu_ids(spec: dict) -> list[str]:
+    if not spec["num_gpus"]:
+        return []
+    import ray
+
+    return [str(i) for i in ray.get_gpu_ids()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+
+def _eval(spec: dict, marker: _Marker) -> dict:
+    """lm-eval on the cell's prompt (``--model tsprompt``), or on the bare model (``--model hf``) for
+    the no-prompt baseline; eval/eval.json records what was scored once it succeeded."""
+    from tsloss_harness.resources import tasks_dir
+
+    cell_dir, e = Path(spec["dir"]), spec["eval"]
+    eval_dir = cell_dir / "eval"
+    try:
+        if json.loads((eval_dir / "eval.json").read_text()).get("spec") == e:
+            return {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
+    shutil.rmtree(eval_dir, ignore_errors=True)  # a partial or differently configured scoring
+    with_prompt = spec["config"] is not None
+    model_args = {"pretrained": spec["model"], **({"prompt": str(cell_dir / "tune" / "prompt")} if with_prompt else {}),
+                  **e["model_args"]}
+    cmd = processes.lm_eval_command(
+        "tsprompt" if with_prompt else "hf", model_args, e["tasks"], eval_dir,
+        include_path=e["include_path"] or tasks_dir(), batch_size=e["batch_size"], num_fewshot=e["num_fewshot"],
+        limit=e["limit"], gen_kwargs=e["gen_kwargs"], device=e["device"], log_samples=e["log_samples"],
+    )
+    env = processes.child_env(spec["threads"], e["env"])
+    rc, error = _run_child(cmd, cell_dir / "eval.log", f"attempt {spec['attempt']} on {socket.gethostname()}",
+                           env, cell_dir, marker, "eval")
+    results = sorted(str(p) for p in eval_dir.rglob("results_*.json"))
+    if rc != 0 or not results:
+        return {"ok": False, "stage": "eval", "rc": rc, "retryable": True,
+                "error": error if rc != 0 else "lm_eval exited 0 without a results file"}
+    (eval_dir / "eval.json").write_text(json.dumps({"spec": e, "results": results, "command": shlex.join(cmd)}, indent=2))
+    return {}
+
+
+# -------------------------------------------------------------------------------------- processes
+
+
+class _Marker:
+    """``running.json`` while the attempt runs: its token (the driver counts running cells by it), host,
+    stage and child pid."""
+
+    def __init__(self, path: Path, token: str):
+        self.path, self.token = path, token
+        self.write(stage="start", pid=None)
+
+    def write(self, **fields) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"token": self.token, "host": socket.gethostname(), **fields}))
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _run_child(cmd: list[str], log_path: Path, header: str, env: dict, cwd: Path, marker: _Marker, stage: str) -> tuple[int, str | None]:
+    """Run ``cmd`` in its own process group, output appended to ``log_path``; (exit code, last error line).
+
+    Waits in short slices so that Ray's cancel (an exception raised between bytecodes) lands promptly;
+    on any exception the whole group is ended first."""
+    if sys.platform.startswith("linux"):
+        cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+    with open(log_path, "a") as log:
+        log.write(f"==== {header}: {shlex.join(cmd[4:] if cmd[1] == '-c' else cmd)}\n")
+        log.flush()
+        start = log.tell()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                start_new_session=True)
+        marker.write(stage=stage, pid=proc.pid)
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        except BaseException:
+            _end_group(proc)
+            raise
+    return rc, None if rc == 0 else _last_error(log_path, start, rc)
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _last_error(log_path: Path, start: int, rc: int) -> str:
+    """The attempt's last line of output (a bar's redraws cut), or the signal that ended it."""
+    with open(log_path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in text.splitlines()]
+    last = next((line for line in reversed(lines) if line), None)
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+        return f"killed by {name}" + (f" (last output: {last})" if last else "")
+    return last or f"exit code {rc}, no output"
