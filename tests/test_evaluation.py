@@ -116,6 +116,7 @@ def runs(started) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_registered_at_startup_without_heavy_imports(env):
     code = (
         "import sys; assert 'torch' not in sys.modules and 'lm_eval' not in sys.modules, sorted(sys.modules)\n"
@@ -128,6 +129,7 @@ def test_registered_at_startup_without_heavy_imports(env):
     assert out.stdout.split() == ["TSPromptLM", "HFLM"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["tsprompt_bs1", "tsprompt_raw_bs4"])
 def test_equals_hf_peft(runs, run):
     reference = runs["hf_peft_bs1"]
@@ -157,6 +159,7 @@ def test_prompt_changes_outputs(tiny_llama_dir, prompts):
     assert (prompted - plain).abs().max() > 0.05
 
 
+@pytest.mark.slow
 def test_topology_report_and_offline_tasks(runs, prompts):
     run = runs["tsprompt_bs1"]
     report = run["results"]["config"]["tsprompt"]
@@ -196,6 +199,7 @@ def test_topology_report_and_offline_tasks(runs, prompts):
     assert fewshot_prompt.count("\nAnswer:") == 6
 
 
+@pytest.mark.slow
 def test_bad_prompts_fail_with_one_clear_line(started, prompts, tiny_llama_dir):
     proc, log, _ = started["narrow"]
     assert proc.wait(timeout=600) != 0
@@ -215,6 +219,7 @@ def test_bad_prompts_fail_with_one_clear_line(started, prompts, tiny_llama_dir):
         TSPromptLM(pretrained=str(tiny_llama_dir), device="cpu")
 
 
+@pytest.mark.slow
 def test_prompt_cache_equals_peft_forward_on_every_arch(tiny_model_dirs, tmp_path):
     """TSPromptLM scores text against a precomputed key/value cache of the prompt; on each tiny
     architecture that equals PEFT's forward (virtual tokens as input embeddings) on the text rows."""
@@ -238,6 +243,7 @@ def test_prompt_cache_equals_peft_forward_on_every_arch(tiny_model_dirs, tmp_pat
         assert lm.max_length == HFLM.max_length.fget(lm) - 5  # the window holds the virtual tokens
 
 
+@pytest.mark.slow
 def test_real_gsm8k_rows(real_gsm8k_dir, tiny_llama_dir, prompts, tasks_dir, env, tmp_path):
     args = lm_eval_args(
         "tsprompt", f"pretrained={tiny_llama_dir},prompt={prompts['dir']}", "gsm8k_offline", tasks_dir,
@@ -251,6 +257,7 @@ def test_real_gsm8k_rows(real_gsm8k_dir, tiny_llama_dir, prompts, tasks_dir, env
     assert "exact_match,strict-match" in run["results"]["results"]["gsm8k"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["build_wheel", "build_editable"])
 def test_wheels_carry_the_startup_hook(hook, tmp_path):
     """Both install modes get tsloss_harness_lm_eval.pth at the wheel root, listed in RECORD."""

@@ -167,6 +167,7 @@ def test_adaptive_gradient_keeps_the_ratio(method, adaptive, tiny_llama_dir, gsm
     torch.testing.assert_close(module.adaptive_values, torch.stack([terms[h] for h in adaptive]).double().detach(), rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path):
     """Step 1 of a run (learning rate 0 under full warm-up: the saved prompt is the one the step saw)
     logs β_H0 = r·||∇CE|| / (λ·||∇L_H0||), measured here on PEFT's forward; with two micro-batches the
@@ -210,6 +211,7 @@ def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path
         assert record["loss"] == pytest.approx(record["ce"] + lam * record["reg"])
 
 
+@pytest.mark.slow
 def test_adaptive_betas_logged_every_step_with_a_fixed_half(tiny_llama_dir, short_dir, tmp_path):
     run(_config(tiny_llama_dir, short_dir, tmp_path / "r", max_steps=3, regularizer="ph_exact", beta_h1=2.0,
                 adaptive_ratio_h0=0.5, topology_every=3))
@@ -280,6 +282,7 @@ def compared(tmp_path_factory, tiny_llama_dir, trained, tasks_dir, env):
                 proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DEEP)
 def test_trained_prefix_is_a_peft_adapter(method, trained, tiny_llama_dir, capsys):
     from peft import PeftModel, PeftType
@@ -318,6 +321,7 @@ def test_trained_prefix_is_a_peft_adapter(method, trained, tiny_llama_dir, capsy
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == pytest.approx(provenance["topology"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, run_name", [("prefix", "tsprompt_bs1"), ("ptuning_v2", "tsprompt_bs4")])
 def test_tsprompt_equals_hf_peft_on_prefixes(method, run_name, compared):
     reference, other = compared[f"{method}_hf_peft_bs1"], compared[f"{method}_{run_name}"]
@@ -340,6 +344,7 @@ def _greedy_through_peft_forward(model, ids: list[int], new_tokens: int) -> list
     return seq[0, len(ids):].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DEEP)
 def test_tsprompt_generation_equals_greedy_through_peft_forward(method, trained, tiny_llama_dir):
     """Left-padded batch of contexts of different lengths through tsprompt's cached-prefix generate =
@@ -377,6 +382,7 @@ def _ll_request(context: str, continuation: str):
     return Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=0)
 
 
+@pytest.mark.slow
 def test_tsprompt_refuses_a_prefix_for_another_model(trained, tiny_tokenizer_dir, tmp_path):
     from tsloss_harness.evaluation import TSPromptLM
     from tsloss_harness.prompt import PromptLoadError

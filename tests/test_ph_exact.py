@@ -121,6 +121,7 @@ def test_dtypes_shapes_and_degenerate_sizes():
         ph_exact(torch.zeros(1, 4, 3))
 
 
+@pytest.mark.slow
 def test_registered_and_lazy():
     assert "ph_exact" in REGULARIZERS
     x = torch.randn(12, 6, generator=torch.Generator().manual_seed(2))

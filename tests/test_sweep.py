@@ -24,6 +24,7 @@ def sweep_yaml(tmp_path, tiny_llama_dir):
     return path
 
 
+@pytest.mark.slow
 def test_sweep_runs_reuses_and_reports(sweep_yaml, capsys):
     assert main(["--config", str(sweep_yaml)]) == 0
     out = capsys.readouterr().out
@@ -81,6 +82,7 @@ def test_reuse_tolerates_fields_added_at_their_default(tmp_path):
     assert _finished(tmp_path, resolved) is None  # a field that no longer exists: redo
 
 
+@pytest.mark.slow
 def test_settings_carry_their_own_tuner_values_and_regularizers(sweep_yaml):
     config = load_sweep_config(sweep_yaml)
     config.seeds = 1

@@ -75,6 +75,7 @@ def _demo_env(tmp_path: Path) -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TSLOSS_CACHE": str(tmp_path / "cache")}
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(quick_testbed_dir, tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "tsloss_harness.cli", "demo", "--model", str(quick_testbed_dir),
@@ -150,6 +151,7 @@ def test_bad_requests_fail_in_one_line_before_any_work(argv, message, tmp_path, 
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_too_many_rows_for_the_testbed_hold_out(quick_testbed_dir, tmp_path, capsys):
     # quick: 4,000 generated rows, 80 held out; more would mix in rows the testbed was trained on.
     assert demo.main(["--model", str(quick_testbed_dir), "--num_samples", "81", "--output_dir", str(tmp_path / "out")]) == 2

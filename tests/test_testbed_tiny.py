@@ -53,6 +53,7 @@ def test_tokenizer_is_deterministic(tmp_path):
     assert len(json.loads((a / "tokenizer.json").read_text())["model"]["vocab"]) == 600
 
 
+@pytest.mark.slow
 def test_tokenizer_round_trips_real_gsm8k(real_gsm8k_dir, tiny_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     split = "test.jsonl" if (real_gsm8k_dir / "test.jsonl").is_file() else "train.jsonl"

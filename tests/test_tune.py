@@ -85,6 +85,7 @@ def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_di
     torch.testing.assert_close(weight.grad, full_grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_fused_cross_entropy_with_softcap_and_bias():
     from tsloss_harness.tune.objective import LinearCrossEntropy
 
@@ -257,6 +258,7 @@ sys.exit(main())
 """
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path):
     args = dict(num_samples=6, batch_size=2, max_steps=12, lr=0.01, warmup_ratio=0.1)
     killed = tmp_path / "killed"
