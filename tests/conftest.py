@@ -43,7 +43,7 @@ def tiny_llama_dir(tiny_model_dirs) -> Path:
 @pytest.fixture(scope="session")
 def quick_testbed_dir(tmp_path_factory) -> Path:
     """The "quick" testbed (llama, generated corpus, seed 0), built once per session outside any cache
-    (tests/test_testbed.py, tests/test_demo.py)."""
+    (tests/test_testbed_pretrain.py, tests/test_testbed_demo.py)."""
     from tsloss_harness.testbed import pretrain as testbed
 
     return testbed.build_testbed(tmp_path_factory.mktemp("quick") / "llama", size="quick", cache=False, progress=False)

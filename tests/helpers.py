@@ -1,14 +1,17 @@
 """Helpers shared by several test modules: the stock lm_eval CLI in a subprocess, the tuner's CLI
-errors, a two-rank DeepSpeed launch. Fixtures live in conftest.py."""
+errors, a two-rank DeepSpeed launch (and the command line of a TuneConfig), H0 deaths derived with
+scipy. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tsloss_harness.cli import main as tsloss
@@ -96,12 +99,24 @@ def tune_fails(argv, capsys, code=2) -> str:
     return err.splitlines()[-1]
 
 
+def tune_argv(config: TuneConfig) -> list[str]:
+    """The ``tsloss tune`` flags that give ``config``, every field included: a boolean as ``--flag`` or
+    ``--no-flag`` (argparse's BooleanOptionalAction), None as ``none``."""
+    argv = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, bool):
+            argv.append(f"--{field.name}" if value else f"--no-{field.name}")
+        else:
+            argv.append(f"--{field.name}={'none' if value is None else value}")
+    return argv
+
+
 def two_ranks(config: TuneConfig) -> dict:
     """``config`` run by ``deepspeed --num_gpus 2 tune.py`` (two CPU ranks); its summary."""
-    argv = [f"--{k}={v}" for k, v in config.__dict__.items() if v is not None and not isinstance(v, bool)]
     deepspeed = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "tune.py"),
-                             *argv, "--no-progress"], capture_output=True, text=True, env=fresh_env(), timeout=300)
+                             *tune_argv(config)], capture_output=True, text=True, env=fresh_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads((Path(config.output_dir) / "summary.json").read_text())
 
@@ -119,3 +134,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def h0_deaths_by_scipy(points) -> np.ndarray:
+    """The finite H0 deaths of the Rips filtration of the rows of ``points``, derived without the package:
+    the edge lengths of a minimum spanning tree (scipy) over the distinct rows, sorted. A row that
+    coincides with another merges at distance 0, a zero-length bar that ripser leaves out of its
+    diagram, so the H0 diagram has len(result) + 1 bars (one infinite)."""
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import pdist, squareform
+
+    distinct = np.unique(np.asarray(points, dtype=np.float64), axis=0)
+    return np.sort(minimum_spanning_tree(squareform(pdist(distinct))).data)

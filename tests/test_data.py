@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tsloss_harness import data
-from tsloss_harness.data import DataError
+from tsloss_harness.data import DataError, read_jsonl, write_jsonl
 
 LM_EVAL_TASKS = Path(__import__("lm_eval").__file__).parent / "tasks"
 
@@ -156,3 +156,9 @@ def test_qa_f1():
     assert data.qa_f1("the cat sat", "a cat sat") == 1.0
     assert data.qa_f1("cat", "dog") == 0.0
     assert data.qa_f1("cat dog", "cat") == pytest.approx(2 / 3)
+
+
+def test_jsonl_round_trip(tmp_path, gsm8k_rows):
+    path = write_jsonl(gsm8k_rows, tmp_path / "sub" / "rows.jsonl")
+    assert read_jsonl(path) == gsm8k_rows
+    assert len(path.read_text().splitlines()) == len(gsm8k_rows)

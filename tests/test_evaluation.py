@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from helpers import (
     REPO,
     compare_samples,
     finish_lm_eval,
+    h0_deaths_by_scipy,
     lm_eval_args,
     read_lm_eval_output,
     start_lm_eval,
@@ -51,10 +51,11 @@ def _prompt_matrix(rows: int, width: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def prompts(tmp_path_factory, tiny_llama_dir, model_config) -> dict[str, Path]:
+def prompts(tmp_path_factory, tiny_llama_dir, model_config) -> dict:
     root = tmp_path_factory.mktemp("prompts")
     d = model_config.hidden_size
     matrix = _prompt_matrix(P, d)
+    matrix[-1] = matrix[0]  # a repeated row: the topology report must see P - 1 components
     config = make_prompt_config(
         str(tiny_llama_dir),
         num_virtual_tokens=P,
@@ -69,7 +70,7 @@ def prompts(tmp_path_factory, tiny_llama_dir, model_config) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     save_file({"a": torch.zeros(2, 2), "b": torch.zeros(3)}, str(no_prompt))
-    return {"dir": prompt_dir, "raw": raw, "narrow": narrow, "no_prompt": no_prompt}
+    return {"dir": prompt_dir, "raw": raw, "narrow": narrow, "no_prompt": no_prompt, "matrix": matrix}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,7 @@ def runs(started) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_registered_at_startup_without_heavy_imports(env):
     code = (
         "import sys; assert 'torch' not in sys.modules and 'lm_eval' not in sys.modules, sorted(sys.modules)\n"
@@ -127,6 +129,7 @@ def test_registered_at_startup_without_heavy_imports(env):
     assert out.stdout.split() == ["TSPromptLM", "HFLM"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["tsprompt_bs1", "tsprompt_raw_bs4"])
 def test_equals_hf_peft(runs, run):
     reference = runs["hf_peft_bs1"]
@@ -156,12 +159,16 @@ def test_prompt_changes_outputs(tiny_llama_dir, prompts):
     assert (prompted - plain).abs().max() > 0.05
 
 
+@pytest.mark.slow
 def test_topology_report_and_offline_tasks(runs, prompts):
     run = runs["tsprompt_bs1"]
     report = run["results"]["config"]["tsprompt"]
     assert report["prompt"] == str(prompts["dir"])
     assert (report["num_virtual_tokens"], report["token_dim"]) == (P, 64)
-    assert report["topology"]["h0_count"] == P
+    deaths = h0_deaths_by_scipy(prompts["matrix"].numpy())
+    assert report["topology"]["h0_count"] == P - 1 == len(deaths) + 1  # the repeated row is no component
+    assert report["topology"]["h0_mean_lifetime"] == pytest.approx(deaths.mean(), rel=1e-5)
+    assert report["topology"]["h0_max_lifetime"] == pytest.approx(deaths.max(), rel=1e-5)
     assert report["provenance"]["seed"] == 7 and report["provenance"]["method"] == "test"
     # the bare .pt has no provenance, but the same topology
     raw_report = runs["tsprompt_raw_bs4"]["results"]["config"]["tsprompt"]
@@ -181,11 +188,18 @@ def test_topology_report_and_offline_tasks(runs, prompts):
     assert run["results"]["n-samples"]["longbench_2wikimqa"]["effective"] == 2
     # both MMLU-CF variants in one run: 0-shot and 5-shot tasks have their own names
     assert run["results"]["n-shot"]["mmlu_cf_law"] == 0 and run["results"]["n-shot"]["mmlu_cf_5shot_law"] == 5
-    assert run["results"]["groups"]["mmlu_cf_5shot_offline"]["acc,none"] >= 0.0
+    # The group's accuracy, recomputed from the logged samples: a doc is right when the choice with the
+    # highest loglikelihood is the letter in the row's "Answer" field; 14 subjects x 3 docs, weighted by size.
+    docs = [row for task, rows in run["samples"].items() if task.startswith("mmlu_cf_5shot_") for row in rows.values()]
+    assert len(docs) == 3 * len(MMLU_CF_SUBJECTS)
+    right = [max(range(4), key=lambda i: float(row["resps"][i][0][0])) == "ABCD".index(row["doc"]["Answer"].strip())
+             for row in docs]
+    assert run["results"]["groups"]["mmlu_cf_5shot_offline"]["acc,none"] == pytest.approx(sum(right) / len(docs))
     fewshot_prompt = run["samples"]["mmlu_cf_5shot_law"][0]["arguments"]["gen_args_0"]["arg_0"]
     assert fewshot_prompt.count("\nAnswer:") == 6
 
 
+@pytest.mark.slow
 def test_bad_prompts_fail_with_one_clear_line(started, prompts, tiny_llama_dir):
     proc, log, _ = started["narrow"]
     assert proc.wait(timeout=600) != 0
@@ -205,6 +219,7 @@ def test_bad_prompts_fail_with_one_clear_line(started, prompts, tiny_llama_dir):
         TSPromptLM(pretrained=str(tiny_llama_dir), device="cpu")
 
 
+@pytest.mark.slow
 def test_prompt_cache_equals_peft_forward_on_every_arch(tiny_model_dirs, tmp_path):
     """TSPromptLM scores text against a precomputed key/value cache of the prompt; on each tiny
     architecture that equals PEFT's forward (virtual tokens as input embeddings) on the text rows."""
@@ -228,6 +243,7 @@ def test_prompt_cache_equals_peft_forward_on_every_arch(tiny_model_dirs, tmp_pat
         assert lm.max_length == HFLM.max_length.fget(lm) - 5  # the window holds the virtual tokens
 
 
+@pytest.mark.slow
 def test_real_gsm8k_rows(real_gsm8k_dir, tiny_llama_dir, prompts, tasks_dir, env, tmp_path):
     args = lm_eval_args(
         "tsprompt", f"pretrained={tiny_llama_dir},prompt={prompts['dir']}", "gsm8k_offline", tasks_dir,
@@ -241,6 +257,7 @@ def test_real_gsm8k_rows(real_gsm8k_dir, tiny_llama_dir, prompts, tasks_dir, env
     assert "exact_match,strict-match" in run["results"]["results"]["gsm8k"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["build_wheel", "build_editable"])
 def test_wheels_carry_the_startup_hook(hook, tmp_path):
     """Both install modes get tsloss_harness_lm_eval.pth at the wheel root, listed in RECORD."""

@@ -88,16 +88,37 @@ def test_detach_thresholds_changes_gradient_not_value():
 
 
 def test_duplicate_rows_give_finite_gradients():
-    x = torch.randn(5, 16)
+    # Small integers in 8 rows: the centred values are multiples of 1/8 and every Gram product and sum
+    # is exact in fp32, so coinciding rows are at distance exactly 0, where the backward must take the
+    # zero subgradient instead of 0/0.
+    x = torch.randint(-3, 4, (8, 16), generator=torch.Generator().manual_seed(0)).float()
     x[3] = x[1]
     x[4] = x[1]
     x.requires_grad_()
     loss = ts_loss(x)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
-    # Exactly zero distance is reported as zero, not as a small positive number.
     d = losses.pairwise_distances(x.detach())
-    assert d[1, 3].item() == pytest.approx(0.0, abs=1e-3)
+    assert d[1, 3].item() == d[1, 4].item() == d[3, 4].item() == 0.0
+
+
+@pytest.mark.parametrize("dtype, unit_roundoff", [(torch.float32, 2.0**-24), (torch.float64, 2.0**-53)])
+def test_duplicate_rows_are_within_the_gram_formulas_rounding(dtype, unit_roundoff):
+    # General values: |a|² + |b|² - 2a·b of equal rows a = b is three dot products of the same d numbers
+    # (in whatever order the matrix product sums them), each within γ_d·|a|² of the exact |a|², γ_d =
+    # d·u / (1 - d·u); so the distance is at most sqrt(4·γ_d·|a|²), no epsilon under the root.
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x[3] = x[1]
+    x[4] = x[1]
+    x.requires_grad_()
+    loss = ts_loss(x)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    centred = x.detach() - x.detach().mean(dim=0)
+    gamma = 16 * unit_roundoff / (1 - 16 * unit_roundoff)
+    bound = math.sqrt(4 * gamma * (centred[1] ** 2).sum().item())
+    d = losses.pairwise_distances(x.detach())
+    assert max(d[1, 3].item(), d[1, 4].item(), d[3, 4].item()) <= bound
 
 
 def test_large_distances_stay_finite():
@@ -153,7 +174,7 @@ def test_module_form():
 
 
 def test_single_row_prompt_has_no_pairs():
-    x = torch.randn(1, 8, requires_grad=True)
+    x = torch.randn(1, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
     loss = ts_loss(x)
     loss.backward()
     assert loss.item() == 0.0

@@ -21,7 +21,6 @@ from helpers import (
     read_lm_eval_output,
     start_lm_eval,
     tune_fails,
-    two_ranks,
 )
 
 from tsloss_harness.data import load_examples
@@ -35,7 +34,6 @@ from tsloss_harness.tune.batches import collate as _collate
 from tsloss_harness.tune.batches import tokenize as _tokenize
 from tsloss_harness.tune.objective import PromptTuningLoss as _loss_module
 
-REPO = Path(__file__).resolve().parent.parent
 P = 5
 DEEP = ("prefix", "ptuning_v2")
 
@@ -169,6 +167,7 @@ def test_adaptive_gradient_keeps_the_ratio(method, adaptive, tiny_llama_dir, gsm
     torch.testing.assert_close(module.adaptive_values, torch.stack([terms[h] for h in adaptive]).double().detach(), rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path):
     """Step 1 of a run (learning rate 0 under full warm-up: the saved prompt is the one the step saw)
     logs β_H0 = r·||∇CE|| / (λ·||∇L_H0||), measured here on PEFT's forward; with two micro-batches the
@@ -212,6 +211,7 @@ def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path
         assert record["loss"] == pytest.approx(record["ce"] + lam * record["reg"])
 
 
+@pytest.mark.slow
 def test_adaptive_betas_logged_every_step_with_a_fixed_half(tiny_llama_dir, short_dir, tmp_path):
     run(_config(tiny_llama_dir, short_dir, tmp_path / "r", max_steps=3, regularizer="ph_exact", beta_h1=2.0,
                 adaptive_ratio_h0=0.5, topology_every=3))
@@ -282,6 +282,7 @@ def compared(tmp_path_factory, tiny_llama_dir, trained, tasks_dir, env):
                 proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DEEP)
 def test_trained_prefix_is_a_peft_adapter(method, trained, tiny_llama_dir, capsys):
     from peft import PeftModel, PeftType
@@ -312,7 +313,7 @@ def test_trained_prefix_is_a_peft_adapter(method, trained, tiny_llama_dir, capsy
     # topology of the saved prefix: the tuner's final metrics, the report, the CLI all see the same matrix
     metrics = prompt_topology(matrix)
     assert provenance["topology"]["h0_mean_lifetime"] == pytest.approx(metrics["h0_mean_lifetime"], rel=1e-5)
-    assert prompt_report(prompt_dir)["topology"]["h0_count"] == 20
+    assert prompt_report(prompt_dir)["topology"] == pytest.approx({key: metrics[key] for key in provenance["topology"]})
     from tsloss_harness.cli import main as tsloss
 
     capsys.readouterr()
@@ -320,6 +321,7 @@ def test_trained_prefix_is_a_peft_adapter(method, trained, tiny_llama_dir, capsy
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == pytest.approx(provenance["topology"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, run_name", [("prefix", "tsprompt_bs1"), ("ptuning_v2", "tsprompt_bs4")])
 def test_tsprompt_equals_hf_peft_on_prefixes(method, run_name, compared):
     reference, other = compared[f"{method}_hf_peft_bs1"], compared[f"{method}_{run_name}"]
@@ -342,6 +344,7 @@ def _greedy_through_peft_forward(model, ids: list[int], new_tokens: int) -> list
     return seq[0, len(ids):].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DEEP)
 def test_tsprompt_generation_equals_greedy_through_peft_forward(method, trained, tiny_llama_dir):
     """Left-padded batch of contexts of different lengths through tsprompt's cached-prefix generate =
@@ -379,6 +382,7 @@ def _ll_request(context: str, continuation: str):
     return Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=0)
 
 
+@pytest.mark.slow
 def test_tsprompt_refuses_a_prefix_for_another_model(trained, tiny_tokenizer_dir, tmp_path):
     from tsloss_harness.evaluation import TSPromptLM
     from tsloss_harness.prompt import PromptLoadError
@@ -388,27 +392,3 @@ def test_tsprompt_refuses_a_prefix_for_another_model(trained, tiny_tokenizer_dir
         TSPromptLM(pretrained=str(other), prompt=str(trained["ptuning_v2"]), device="cpu")
     assert str(err.value) == (f"{trained['ptuning_v2']}: prefix width 128 (2 layers x 2 x 32) does not match the "
                               "model's key/value width 192 (3 layers x 2 x 32)")
-
-
-# ------------------------------------------------------------------------- deepspeed, 2 ranks
-
-
-@pytest.mark.slow
-def test_prefix_two_ranks_zero3_equal_one_rank(tiny_llama_dir, short_dir, tmp_path):
-    """Prefix-Tuning (its MLP partitioned too) with adaptive weights under ZeRO-3: 2 ranks end with the
-    prompt of 1 rank running the same two micro-batches in sequence (the ratio holds per micro-batch)."""
-    ds_config = json.loads((REPO / "ds_configs" / "z3.json").read_text())
-    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (tmp_path / "ds.json").write_text(json.dumps(ds_config))
-    args = dict(method="prefix", num_samples=3, batch_size=2, max_steps=3, topology_every=3, eval_every=3,
-                eval_max_samples=2, adaptive_ratio_h0=0.5, ds_config=str(tmp_path / "ds.json"))
-    one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", micro_batch_size=1, **args))
-    two = two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
-                               rtol=1e-5, atol=1e-6)
-    for a, b in zip(_lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["beta_h0"] == pytest.approx(b["beta_h0"], rel=1e-5)
-    assert two["final"]["accuracy"] == one["final"]["accuracy"]
-    assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=1e-4)

@@ -87,11 +87,12 @@ def tiny_llama(tiny_llama_dir):
     return resolve_model(str(tiny_llama_dir)), models
 
 
+SLOW = pytest.mark.slow  # a few seconds each on 2 CPU cores: the fast tier keeps the first case
 CASES = [  # (dtype bytes, micro-batch, seq_len, answer tokens, padded)
     (4, 1, 400, 200, False),  # logits dominate the transient
-    (2, 1, 600, 10, False),  # a layer's backward dominates
-    (2, 3, 300, 50, True),  # padding: repeated kv heads and the sdpa mask per layer
-    (4, 2, 300, 100, True),
+    pytest.param(2, 1, 600, 10, False, marks=SLOW),  # a layer's backward dominates
+    pytest.param(2, 3, 300, 50, True, marks=SLOW),  # padding: repeated kv heads and the sdpa mask per layer
+    pytest.param(4, 2, 300, 100, True, marks=SLOW),
 ]
 
 
@@ -176,6 +177,7 @@ def test_cli_picks_the_cheapest_config_that_fits(capsys):
     assert "batch_size=8" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_linear_is_torch_s_again_after_a_zero3_run(tiny_llama_dir, gsm8k_dir, tmp_path):
     """A ZeRO-3 run in this process must not leave DeepSpeed's F.linear behind: it saves every linear
     input for backward, which the measurements above (and any later in-process work) would carry."""

@@ -202,6 +202,61 @@ def test_prefix_projection_adapters_load_as_their_prefix(tmp_path, tiny_llama_di
 # -------------------------------------------------------------------------------- provenance
 
 
+def _expected_git_commit(package_file: str) -> str | None:
+    """What provenance's git_commit must be for a package at ``package_file``, asked of git here: HEAD
+    (+dirty when tracked files differ) when the package's parent folder is the top of a checkout, else None."""
+    import subprocess
+
+    root = Path(package_file).resolve().parent.parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+
+    top = git("rev-parse", "--show-toplevel")
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return git("rev-parse", "HEAD").stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _copied_prompt_module(folder: Path):
+    """tsloss_harness/prompt.py copied into ``folder``/tsloss_harness and imported from there."""
+    import importlib.util
+    import shutil
+
+    import tsloss_harness.prompt as original
+
+    (folder / "tsloss_harness").mkdir(parents=True)
+    copy = shutil.copy(original.__file__, folder / "tsloss_harness" / "prompt.py")
+    spec = importlib.util.spec_from_file_location(f"copied_prompt_{folder.name}", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_git_commit_is_the_checkouts_head_and_none_outside_one(tmp_path, prompt_config, embeddings):
+    import subprocess
+
+    import tsloss_harness.prompt as prompt_module
+
+    here = save_prompt(tmp_path / "here", embeddings, peft_config=prompt_config, provenance={})
+    expected = _expected_git_commit(prompt_module.__file__)
+    assert load_provenance(here)["git_commit"] == expected
+    if (Path(prompt_module.__file__).resolve().parent.parent / ".git").exists():
+        assert expected is not None and len(expected.removesuffix("+dirty")) == 40  # a checkout: a commit
+    # A copy of the package outside any checkout, and one inside another repository (a project that
+    # vendors it, a venv inside a repository): no commit of its own.
+    outside = _copied_prompt_module(tmp_path / "outside")
+    record = outside.save_prompt(tmp_path / "o", embeddings, peft_config=prompt_config, provenance={})
+    assert load_provenance(record)["git_commit"] is None
+    other_repo = tmp_path / "other_repo"
+    other_repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(other_repo)], check=True)
+    inside = _copied_prompt_module(other_repo / "vendor")
+    record = inside.save_prompt(tmp_path / "i", embeddings, peft_config=prompt_config, provenance={})
+    assert load_provenance(record)["git_commit"] is None
+
+
 def test_provenance_is_strict_json_with_filled_in_fields(tmp_path, prompt_config, embeddings):
     caller = {
         "method": "tsloss",
@@ -226,7 +281,7 @@ def test_provenance_is_strict_json_with_filled_in_fields(tmp_path, prompt_config
     assert record["base_model"] == prompt_config.base_model_name_or_path
     assert (record["num_virtual_tokens"], record["token_dim"], record["dtype"]) == (P, embeddings.shape[1], "float32")
     assert record["package_version"] == tsloss_harness.__version__
-    assert record["git_commit"] is None or len(record["git_commit"].removesuffix("+dirty")) == 40
+    assert record["git_commit"] == _expected_git_commit(tsloss_harness.prompt.__file__)
     assert record["time"].endswith("+00:00")
     assert "topology" not in record  # stored only as the caller gives it, never computed here
 
@@ -241,8 +296,9 @@ def test_caller_topology_is_kept_and_bad_values_are_refused(tmp_path, prompt_con
 
 
 def test_shape_mismatch_is_refused(tmp_path, prompt_config, embeddings):
-    with pytest.raises(ValueError, match=r"\[5, 64\].*\[6, 64\]|do not match"):
+    with pytest.raises(ValueError) as info:
         save_prompt(tmp_path / "p", embeddings[:5], peft_config=prompt_config, provenance={})
+    assert str(info.value) == "embeddings of shape [5, 64] do not match the PEFT config (PROMPT_TUNING: [6, 64])"
     with pytest.raises(ValueError, match="floating point"):
         save_prompt(tmp_path / "p", embeddings.long(), peft_config=prompt_config, provenance={})
     assert _siblings(tmp_path / "p") == []

@@ -101,6 +101,7 @@ def _image(png: bytes) -> np.ndarray:
     return matplotlib.image.imread(io.BytesIO(png), format="png")
 
 
+@pytest.mark.slow
 def test_every_figure_renders_from_a_small_run(built_report):
     figures = {b[1]: b[3] for b in built_report.blocks if b[0] == "figure"}
     assert set(figures) == set(FIGURES)
@@ -114,6 +115,7 @@ def test_every_figure_renders_from_a_small_run(built_report):
     assert [row[1] for row in runs_table[2]] == ["none", "none", "tsloss", "tsloss"]  # seeds group, regularizers differ
 
 
+@pytest.mark.slow
 def test_single_run_without_checkpoints_or_topology(tmp_path):
     run_dir = write_synthetic_run(tmp_path / "run", steps=6, every=3)
     shutil.rmtree(run_dir / "checkpoints")
@@ -160,6 +162,7 @@ def test_table2_falls_back_to_checkpoint_topology(runs_root, tmp_path):
             assert fallback[key][stat] == (None if expected is None else pytest.approx(expected, rel=1e-4, abs=1e-6))
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(html_report):
     text = html_report.read_text()
     images = re.findall(r'<img [^>]*src="([^"]*)"', text)
@@ -171,6 +174,7 @@ def test_html_is_self_contained(html_report):
     assert "Table II" in text and "Spearman" in text and "N/A" in text  # H0 count is constant: N/A as in the paper
 
 
+@pytest.mark.slow
 def test_markdown_writes_figures_beside_it(runs_root, tmp_path):
     out = tmp_path / "out" / "report.md"
     assert tsloss(["report", str(runs_root / "tsloss-s0"), "-o", str(out), "--steps", "5,20", "--no-tsne"]) == 0
@@ -200,6 +204,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian package chromium) is not installed")
 def test_chromium_screenshot_shows_the_figures(html_report, tmp_path):
     shot = tmp_path / "shot.png"

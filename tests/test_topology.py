@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import h0_deaths_by_scipy
 from scipy import stats
 
 from tsloss_harness.topology import METRIC_KEYS, prompt_topology, topology_accuracy_stats
@@ -35,7 +36,11 @@ def test_circle_has_one_long_loop():
     assert life.max() > 1.0  # born at the chord ~0.26, dies near √3
     assert (life > 0.5).sum() == 1  # exactly one long bar
     assert topo["h1_max_lifetime"] == pytest.approx(life.max())
-    assert topo["h0_count"] == 24
+    # H0: every minimum spanning tree of a regular polygon is a path of sides, so all 23 finite bars
+    # die at the side 2 sin(π/24)
+    side = 2 * np.sin(np.pi / 24)
+    assert topo["h0_mean_lifetime"] == pytest.approx(side, rel=1e-6)
+    assert topo["h0_max_lifetime"] == pytest.approx(side, rel=1e-6)
 
 
 def test_two_far_clusters_have_one_long_h0_bar():
@@ -63,6 +68,21 @@ def test_threshold_leaves_components_infinite():
     assert cut["h0_max_lifetime"] < 2.0 < whole["h0_max_lifetime"]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_h0_is_the_minimum_spanning_tree_of_the_distinct_rows(seed):
+    # Rows 9-11 repeat rows 0-2: a repeated row merges at distance 0 (a zero-length bar, which ripser
+    # leaves out), so 12 rows have 9 components: 8 finite bars, the MST edges, and one infinite bar.
+    x = np.random.default_rng(seed).normal(size=(12, 6))
+    x[9:] = x[:3]
+    deaths = h0_deaths_by_scipy(x)
+    assert len(deaths) == 8
+    topo = prompt_topology(x)
+    assert topo["h0_count"] == 9
+    assert topo["h0_mean_lifetime"] == pytest.approx(deaths.mean(), rel=1e-6)
+    assert topo["h0_max_lifetime"] == pytest.approx(deaths.max(), rel=1e-6)
+    np.testing.assert_allclose(np.sort(topo["diagrams"][0][:-1, 1]), deaths, rtol=1e-6)
+
+
 def test_identical_points_give_zero_entropy():
     topo = prompt_topology(np.ones((5, 3)))
     assert topo["persistence_entropy"] == 0.0
@@ -70,9 +90,17 @@ def test_identical_points_give_zero_entropy():
 
 
 def test_accepts_torch_bf16_and_batched_authors_format():
-    x = torch.randn(1, 12, 32, dtype=torch.bfloat16)
+    # [1, P, d] in bf16. Rows 8-11 are rows 0-3 scaled by 1 + 1e-4: distinct in float32, the same in
+    # bf16 (rows 0-3 are bf16 values, and 1e-4 relative is below half of bf16's 2^-8 resolution), so
+    # the bf16 prompt has 8 distinct rows.
+    rows = torch.randn(12, 32, generator=torch.Generator().manual_seed(0)).bfloat16().float()
+    rows[8:] = rows[:4] * (1 + 1e-4)
+    x = rows.to(torch.bfloat16)[None]
     topo = prompt_topology(x)
-    assert topo["h0_count"] == 12
+    deaths = h0_deaths_by_scipy(x[0].float().numpy())
+    assert len(deaths) == 7 and topo["h0_count"] == 8
+    assert topo["h0_mean_lifetime"] == pytest.approx(deaths.mean(), rel=1e-6)
+    assert prompt_topology(rows)["h0_count"] == 12  # in float32 they are distinct
     with pytest.raises(ValueError, match="shape"):
         prompt_topology(np.zeros(5))
 

@@ -1,5 +1,5 @@
-"""The tuner: answer-position loss, one process on every tiny arch, 2 ranks == 1 rank (z2, z3),
-kill -9 + resume bit-identical, bad inputs, output schema, converged_step."""
+"""The tuner: answer-position loss, one process on every tiny arch, kill -9 + resume bit-identical, bad
+inputs, output schema, converged_step (2 ranks == 1 rank: tests/test_tune_distributed.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, fresh_env, tune_fails, two_ranks
+from helpers import REPO, fresh_env, tune_fails
 
 from tsloss_harness.data import load_examples, write_jsonl
 from tsloss_harness.prompt import load_prompt, load_provenance
@@ -83,6 +83,7 @@ def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_di
     torch.testing.assert_close(weight.grad, full_grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_fused_cross_entropy_with_softcap_and_bias():
     from tsloss_harness.tune.objective import LinearCrossEntropy
 
@@ -190,21 +191,14 @@ def test_yaml_config_and_flag_override(tmp_path):
 # ------------------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize(
-    "content, match",
-    [
-        ('{"question": "q", "answer": "#### 1"}\n{bad json\n', "train.jsonl:2: malformed JSON"),
-        ('{"question": "q"}\n', "row 1: missing field 'answer'"),
-        ("", "empty data set"),
-    ],
-)
-def test_bad_data_fails_before_the_model_loads(content, match, tmp_path, capsys):
+def test_bad_data_fails_before_the_model_loads(tmp_path, capsys):
+    # One bad file stands for all: tests/test_data.py checks each message of the data layer.
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.jsonl").write_text(content)
+    (tmp_path / "data" / "train.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{bad json\n')
     out = tmp_path / "out"
     # --model is an existing directory but no model: the data fails first, so nothing loads it
     err = tune_fails(["--model", str(REPO), "--data_dir", str(tmp_path / "data"), "--output_dir", str(out)], capsys)
-    assert match in err
+    assert "train.jsonl:2: malformed JSON" in err
     assert not out.exists()
 
 
@@ -263,6 +257,7 @@ sys.exit(main(["tune", *sys.argv[1:]]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path):
     args = dict(num_samples=6, batch_size=2, max_steps=12, lr=0.01, warmup_ratio=0.1)
     killed = tmp_path / "killed"
@@ -287,28 +282,3 @@ def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path
     untimed = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in _lines(d / "metrics.jsonl")]
                for d in (killed, tmp_path / "straight")]
     assert untimed[0] == untimed[1]  # every step's metrics, the redone ones included
-
-
-# --------------------------------------------------------------------------- deepspeed, 2 ranks
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("zero", ["z2", "z3", "z3_offload"])
-def test_two_ranks_equal_one_rank(zero, tiny_llama_dir, short_dir, tmp_path):
-    # 3 rows, global batch 2: the second step has one row, so rank 1 runs the no-target dummy row.
-    # The last step evaluates by generation (under ZeRO-3 both ranks generate) and computes topology.
-    ds_config = json.loads((REPO / "ds_configs" / f"{zero}.json").read_text())
-    if zero.startswith("z3"):  # partition even the tiny model's small tensors (ZeRO-3 keeps those whole by default)
-        ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    (tmp_path / "ds.json").write_text(json.dumps(ds_config))
-    args = dict(num_samples=3, batch_size=2, max_steps=4, eval_every=4, topology_every=4,
-                ds_config=str(tmp_path / "ds.json"))
-    one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", **args))
-    two = two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **args))
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
-                               rtol=1e-5, atol=1e-6)
-    for a, b in zip(_lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["lr"] == b["lr"]
-    assert two["final"]["accuracy"] == one["final"]["accuracy"]
-    assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=1e-4)

@@ -26,6 +26,7 @@ def _few_steps(out_dir, corpus, **kw) -> Path:
     return testbed.build_testbed(out_dir, corpus=corpus, size="quick", steps=3, progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_loads(tmp_path, gsm8k_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -52,12 +53,14 @@ def test_build_is_deterministic_and_loads(tmp_path, gsm8k_dir):
     assert out.shape == (1, ids.shape[1] + 4)
 
 
+@pytest.mark.slow
 def test_seed_changes_weights(tmp_path, gsm8k_dir):
     a = _few_steps(tmp_path / "a", gsm8k_dir / "train.jsonl", cache=False, seed=0)
     b = _few_steps(tmp_path / "b", gsm8k_dir / "train.jsonl", cache=False, seed=1)
     assert not torch.equal(load_file(a / "model.safetensors")["lm_head.weight"], load_file(b / "model.safetensors")["lm_head.weight"])
 
 
+@pytest.mark.slow
 def test_cache_second_call_returns_at_once(tmp_path, gsm8k_dir, cache_root, monkeypatch):
     corpus = gsm8k_dir / "train.jsonl"
     entry = _few_steps(None, corpus)
@@ -78,6 +81,7 @@ def test_cache_second_call_returns_at_once(tmp_path, gsm8k_dir, cache_root, monk
     assert other != entry and json.loads((other / "testbed.json").read_text())["steps"] == 2
 
 
+@pytest.mark.slow
 def test_minutes_cap_stops_early_and_is_not_reused(tmp_path, gsm8k_dir, cache_root):
     corpus = gsm8k_dir / "train.jsonl"
     capped = _few_steps(None, corpus, minutes=0.0)  # the cap is checked after each step: one step runs
@@ -143,6 +147,7 @@ def _answer_ce_curve(model_dir: Path, data_dir: Path, out_dir: Path, steps: int)
     return [json.loads(line)["ce"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_soft_prompt_steers_quick_testbed_not_random_fixture(quick_testbed_dir, tmp_path):
     # The random fixture is the testbed's starting point: same arch, shape, tokenizer and seed.
     random_dir = tiny.build_tiny_model(
@@ -158,6 +163,7 @@ def test_soft_prompt_steers_quick_testbed_not_random_fixture(quick_testbed_dir, 
     assert steered[-1] < 0.2 * unsteered[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gemma", "qwen2"])
 def test_other_archs_build_and_load(arch, tmp_path, gsm8k_dir):
     from transformers import AutoModelForCausalLM
