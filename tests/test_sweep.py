@@ -140,7 +140,8 @@ def test_bad_config_file_fails_in_one_line(tmp_path, capsys):
     assert tsloss(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tsloss sweep: config file not found") and "\n" not in err
-    path = _write(tmp_path / "bad.yaml", {"axes": {"lr": ["fast"]}, "tune": {"num_samples": 1}, "model": str(tmp_path)})
+    path = _write(tmp_path / "bad.yaml", {"output_dir": str(tmp_path / "out"), "axes": {"lr": ["fast"]},
+                                          "tune": {"num_samples": 1}, "model": str(tmp_path)})
     assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 2
     assert "not a number: 'fast'" in capsys.readouterr().err  # the tuner's own parsing, before anything runs
 
