@@ -50,11 +50,17 @@ def connect(address: str | None) -> Callable[[], None]:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+            ray.init(num_cpus=_usable_cpus(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise SweepError(f"cannot start or join {where}: {first_line(e)}") from None
     return ray.shutdown
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a Slurm or cgroup allocation, not the whole node)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def check_fits(specs: list[dict]) -> None:
