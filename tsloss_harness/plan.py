@@ -45,6 +45,7 @@ from pathlib import Path
 
 from tsloss_harness.errors import TslossError
 from tsloss_harness.resources import resource_dir
+from tsloss_harness.shapes import ARCHITECTURES
 
 __all__ = [
     "KNOWN_MODELS",
@@ -100,16 +101,13 @@ class ModelShape:
         return max(self.vocab_size * self.hidden_size, self.hidden_size * self.intermediate_size, q * self.hidden_size)
 
 
-# The paper's five models, from their public config.json files on the Hugging Face hub as I know
-# them (written from memory, not downloaded here); the parameter counts they give (2.51B, 6.74B,
-# 6.91B, 13.0B, 14.2B) match the models' published sizes.
+# The paper's five models: one table of shapes (tsloss_harness/shapes.py, each with its config.json
+# named) for the planner and the shape-faithful fixtures (testbed/shaped.py).
 KNOWN_MODELS: dict[str, ModelShape] = {
-    "gemma-2b-it": ModelShape("google/gemma-2b-it", 18, 2048, 8, 1, 256, 16384, 256000, True),
-    "open-llama-7b": ModelShape("openlm-research/open_llama_7b", 32, 4096, 32, 32, 128, 11008, 32000, False),
-    "deepseek-7b-chat": ModelShape("deepseek-ai/deepseek-llm-7b-chat", 30, 4096, 32, 32, 128, 11008, 102400, False),
-    "llama2-13b": ModelShape("meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 128, 13824, 32000, False),
-    "qwen1.5-14b": ModelShape("Qwen/Qwen1.5-14B", 40, 5120, 40, 40, 128, 13696, 152064, False, qkv_bias=True),
-}
+    key: ModelShape(a.hub_id, a.num_layers, a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim,
+                    a.intermediate_size, a.vocab_size, a.tie_word_embeddings, qkv_bias=a.qkv_bias)
+    for key, a in ARCHITECTURES.items()
+}  # fmt: skip
 _ALIASES = {shape.name.lower(): key for key, shape in KNOWN_MODELS.items()}
 
 _PARAM_COUNT = re.compile(r"^(\d+(?:\.\d+)?)\s*([mbt])$", re.IGNORECASE)
