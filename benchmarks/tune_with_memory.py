@@ -1,10 +1,11 @@
 """``tune.py`` that also records its rank's memory: ``python benchmarks/tune_with_memory.py OUT_DIR <tune flags>``
 or ``deepspeed --num_gpus 2 benchmarks/tune_with_memory.py OUT_DIR <tune flags>``.
 
-Writes ``OUT_DIR/rank<R>.json``: the peak anonymous resident memory (RssAnon: what the process
-allocated, without the safetensors files it maps, which the kernel can drop) while the model loads
-(up to ``deepspeed.initialize``) and while it trains, sampled every 5 ms by a thread, plus the
-baseline after the imports and the kernel's VmHWM (all resident pages, mapped files included).
+Writes ``OUT_DIR/rank<R>.json``: the peak resident memory (VmRSS: allocated pages plus the pages of
+mapped files, the safetensors checkpoint included: one rank holds an fp32 model as a mapping of the
+file) while the model loads (up to ``deepspeed.initialize``) and while it trains, sampled every 5 ms
+by a thread, with the anonymous part (RssAnon) beside it, the baseline after the imports and the
+kernel's VmHWM.
 """
 
 from __future__ import annotations
@@ -35,21 +36,34 @@ def main() -> int:
 
     from tsloss_harness.tune import main as tune_main
 
-    peaks = {"load": 0, "train": 0}
+    peaks = {"load": 0, "train": 0, "anon_load": 0, "anon_train": 0}
     phase = ["load"]
     baseline = _status()["RssAnon"]
     rank = os.environ.get("RANK", "0")
+    lock = threading.Lock()
 
     def record(rc=None) -> None:
-        values = {"rank": int(rank), "baseline_anon": baseline, "peak_anon_load": peaks["load"],
-                  "peak_anon_train": peaks["train"], "vmhwm": _status()["VmHWM"], "rc": rc}  # fmt: skip
-        (out / f"rank{rank}.json").write_text(json.dumps(values) + "\n")
+        values = {
+            "rank": int(rank),
+            "baseline_anon": baseline,
+            "peak_load": peaks["load"],
+            "peak_train": peaks["train"],
+            "peak_anon_load": peaks["anon_load"],
+            "peak_anon_train": peaks["anon_train"],
+            "vmhwm": _status()["VmHWM"],
+            "rc": rc,
+        }
+        with lock:  # the sampler and the main thread both write it: whole files only
+            tmp = out / f".rank{rank}.json.{threading.get_ident()}"
+            tmp.write_text(json.dumps(values) + "\n")
+            os.replace(tmp, out / f"rank{rank}.json")
 
     def sample():
         last = time.monotonic()
         while True:
-            anon = _status()["RssAnon"]
-            peaks[phase[0]] = max(peaks[phase[0]], anon)
+            now = _status()
+            peaks[phase[0]] = max(peaks[phase[0]], now["VmRSS"])
+            peaks["anon_" + phase[0]] = max(peaks["anon_" + phase[0]], now["RssAnon"])
             if time.monotonic() - last > 1.0:  # a run killed for memory still leaves its peaks
                 record()
                 last = time.monotonic()

@@ -17,7 +17,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import REPO, two_ranks
 
 from tsloss_harness.data import load_examples
@@ -43,7 +42,9 @@ def _bf16_ds_config(tmp_path, zero: str) -> str:
 
 
 def test_bf16_is_forced_by_the_json_and_auto_follows_the_gpu(tmp_path):
-    forced = fill_ds_config(TuneConfig(model="m", ds_config=_bf16_ds_config(tmp_path, "z2")), world_size=1, total_steps=1)
+    forced = fill_ds_config(
+        TuneConfig(model="m", ds_config=_bf16_ds_config(tmp_path, "z2")), world_size=1, total_steps=1
+    )
     assert forced["bf16"]["enabled"] is True  # honoured on a machine without CUDA
     auto = fill_ds_config(TuneConfig(model="m"), world_size=1, total_steps=1)
     assert auto["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
@@ -96,19 +97,25 @@ def test_every_method_in_bf16_agrees_with_fp32(method, tiny_llama_dir, gsm8k_dir
         peft_model, module = _module(tiny_llama_dir, method, dtype, {"h0": 0.5})
         params = list(peft_model.prompt_encoder.parameters())
         with torch.no_grad():  # both start from the same bf16-representable prompt values
-            for p, start in zip(params, results[torch.float32]["params"] if results else params):
+            for p, start in zip(params, results[torch.float32]["params"] if results else params, strict=True):
                 p.copy_(start.bfloat16())
         loss, ce_sum, reg = module(*batch, 1.0 / n_answer)
         assert ce_sum.dtype == reg.dtype == loss.dtype == torch.float32
         grads = torch.autograd.grad(loss, params)
-        results[dtype] = {"loss": loss.item(), "ce": ce_sum.item(), "reg": reg.item(), "grads": grads,
-                          "scale": module.adaptive_scales.clone(), "params": [p.detach().clone() for p in params]}
+        results[dtype] = {
+            "loss": loss.item(),
+            "ce": ce_sum.item(),
+            "reg": reg.item(),
+            "grads": grads,
+            "scale": module.adaptive_scales.clone(),
+            "params": [p.detach().clone() for p in params],
+        }
     want, got = results[torch.float32], results[torch.bfloat16]
     for key in ("loss", "ce"):  # measured: ~2e-5 (a bf16 log-softmax alone is off by ~3e-3)
         assert got[key] == pytest.approx(want[key], rel=1e-3), key
     assert got["reg"] == pytest.approx(want["reg"], rel=2e-2, abs=1e-6)  # measured: <= 1e-2
     assert got["scale"][0].item() == pytest.approx(want["scale"][0].item(), rel=2e-2)  # measured: <= 9e-3
-    for w, g in zip(want["grads"], got["grads"]):
+    for w, g in zip(want["grads"], got["grads"], strict=True):
         assert g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all()
         cosine = F.cosine_similarity(w.flatten().double(), g.flatten().double(), dim=0)
         assert cosine > 0.999 and (g.norm().item() / w.norm().item()) == pytest.approx(1.0, rel=1e-2)  # 2e-3
@@ -119,24 +126,43 @@ def test_every_method_in_bf16_agrees_with_fp32(method, tiny_llama_dir, gsm8k_dir
 def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_llama_dir, short_dir, tmp_path):
     """bf16 forced on two CPU ranks against fp32 on one (the other method x stage pairs:
     benchmarks/bench_real_shapes.py --bf16-tiny). Step-1 values are one forward in each dtype; after
-    three AdamW steps the prompts differ by the updates' rounding, well under one step's size."""
+    three AdamW steps the prompts differ by well under one step's size."""
     lr = 0.01
-    common = dict(model=str(tiny_llama_dir), data_dir=str(short_dir), num_samples=3, batch_size=2, max_steps=3,
-                  lr=lr, warmup_ratio=0.0, eval_every=0, topology_every=3, progress=False, method=method,
-                  init="peft", adaptive_ratio_h0=0.5)  # fmt: skip
+    common = dict(
+        model=str(tiny_llama_dir),
+        data_dir=str(short_dir),
+        num_samples=3,
+        batch_size=2,
+        max_steps=3,
+        lr=lr,
+        warmup_ratio=0.0,
+        eval_every=0,
+        topology_every=3,
+        progress=False,
+        method=method,
+        init="peft",
+        adaptive_ratio_h0=0.5,
+    )
     ds32 = json.loads((REPO / "ds_configs" / f"{zero}.json").read_text())
     ds32["bf16"] = {"enabled": False}
     (tmp_path / "fp32.json").write_text(json.dumps(ds32))
-    one = run(TuneConfig(**common, output_dir=str(tmp_path / "fp32"), micro_batch_size=1,
-                         ds_config=str(tmp_path / "fp32.json")))  # fmt: skip
+    one = run(
+        TuneConfig(
+            **common, output_dir=str(tmp_path / "fp32"), micro_batch_size=1, ds_config=str(tmp_path / "fp32.json")
+        )
+    )
     two = two_ranks(TuneConfig(**common, output_dir=str(tmp_path / "bf16"), ds_config=_bf16_ds_config(tmp_path, zero)))
     assert two["world_size"] == 2
-    lines = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-             for name in ("fp32", "bf16")}  # fmt: skip
-    for a, b in zip(lines["fp32"], lines["bf16"]):
+    lines = {
+        name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("fp32", "bf16")
+    }
+    for a, b in zip(lines["fp32"], lines["bf16"], strict=True):
         assert all(map(torch.isfinite, torch.tensor([b["loss"], b["ce"], b["reg"], b["beta_h0"]])))
-        assert b["ce"] == pytest.approx(a["ce"], rel=1e-2) and b["reg"] == pytest.approx(a["reg"], rel=5e-2)
-        assert b["beta_h0"] == pytest.approx(a["beta_h0"], rel=5e-2)
-    moved = load_prompt(tmp_path / "fp32" / "prompt")
-    torch.testing.assert_close(load_prompt(tmp_path / "bf16" / "prompt"), moved, rtol=0, atol=lr / 2)
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-3) and b["reg"] == pytest.approx(a["reg"], rel=2e-2)
+        assert b["beta_h0"] == pytest.approx(a["beta_h0"], rel=2e-2)  # measured: <= 6e-3
+    # Adam moves every element by ~lr a step whatever its gradient's size, so where a gradient is near 0
+    # bf16 can flip a step's sign: compare normwise, against one step's norm lr·sqrt(n) (measured: 0.18)
+    fp32, bf16 = load_prompt(tmp_path / "fp32" / "prompt"), load_prompt(tmp_path / "bf16" / "prompt")
+    assert (bf16 - fp32).norm() < 0.5 * lr * fp32.numel() ** 0.5
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=5e-2)

@@ -42,8 +42,16 @@ def build_padded_tokenizer(out_dir, vocab_size: int, *, seed: int = 0) -> Path:
     return out_dir
 
 
-def build_shaped_model(name: str, out_dir, *, num_layers: int | None = 1, vocab_size: int | None = None,
-                       dtype: str = "float32", seed: int = 0, device: str = "cpu") -> Path:
+def build_shaped_model(
+    name: str,
+    out_dir,
+    *,
+    num_layers: int | None = 1,
+    vocab_size: int | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
     """Model ``name`` (``shapes.ARCHITECTURES`` key or hub id) with ``num_layers`` layers (None: all of
     them), random weights (``seed``), saved with its tokenizer as a Hugging Face model directory.
 
@@ -59,8 +67,9 @@ def build_shaped_model(name: str, out_dir, *, num_layers: int | None = 1, vocab_
     vocab = arch.vocab_size if vocab_size is None else vocab_size
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(build_padded_tokenizer(out_dir, vocab, seed=seed))
-    special_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    special_ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     config = arch.hf_config(num_layers=num_layers, vocab_size=vocab, dtype=dtype, special_ids=special_ids)
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.device("meta"):  # no construction-time init: HF's initialisation below draws every weight once
@@ -73,16 +82,25 @@ def build_shaped_model(name: str, out_dir, *, num_layers: int | None = 1, vocab_
     model.generation_config = GenerationConfig(**special_ids)
     # shards of <= 1 GB: writing copies one shard at a time, not the whole model, into memory
     model.save_pretrained(out_dir, max_shard_size="1GB")
-    card = {"model": arch.key, "hub_id": arch.hub_id, "source": arch.source, "num_layers": config.num_hidden_layers,
-            "of_layers": arch.num_layers, "vocab_size": vocab, "dtype": dtype, "seed": seed,
-            "num_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    card = {
+        "model": arch.key,
+        "hub_id": arch.hub_id,
+        "source": arch.source,
+        "num_layers": config.num_hidden_layers,
+        "of_layers": arch.num_layers,
+        "vocab_size": vocab,
+        "dtype": dtype,
+        "seed": seed,
+        "num_params": sum(p.numel() for p in model.parameters()),
+    }
     (out_dir / "shape.json").write_text(json.dumps(card, indent=2) + "\n")
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tsloss_harness.testbed.shaped",
-                                     description=build_shaped_model.__doc__.split("\n\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m tsloss_harness.testbed.shaped", description=build_shaped_model.__doc__.split("\n\n")[0]
+    )
     parser.add_argument("model", choices=sorted(ARCHITECTURES))
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--num-layers", type=int, default=1, help="layers to build (default 1; 0: all)")
@@ -92,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
-        path = build_shaped_model(args.model, args.out_dir, num_layers=args.num_layers or None,
-                                  vocab_size=args.vocab_size, dtype=args.dtype, seed=args.seed, device=args.device)
+        path = build_shaped_model(
+            args.model,
+            args.out_dir,
+            num_layers=args.num_layers or None,
+            vocab_size=args.vocab_size,
+            dtype=args.dtype,
+            seed=args.seed,
+            device=args.device,
+        )
     except ShapeError as e:
         parser.exit(2, f"{parser.prog}: {e}\n")
     print(path)
