@@ -1,9 +1,11 @@
-"""prompt_topology (ripser) against gudhi's Rips complex (the authors' library) on the same points.
+"""prompt_topology (ripser) against gudhi's Rips complex (the authors' library) on the same points,
+at the paper's prompt lengths and model widths: P in {20, 100} x d in {2048, 4096, 5120}.
 
 Goal (foundation issue): <= 0.1x gudhi's time for a P=100, d=4096 prompt snapshot, same numbers.
+Prints one row per (P, d): both times, the ratio, the largest metric difference.
 Needs the benchmark-only extra: pip install -e ".[bench]"
 
-    python benchmarks/bench_topology.py [--P 100] [--d 4096] [--repeats 5]
+    python benchmarks/bench_topology.py [--P 20,100] [--d 2048,4096,5120] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -36,28 +38,31 @@ def median_time(fn, x, repeats):
     return statistics.median(times), out
 
 
+def trained_looking(p: int, d: int) -> np.ndarray:
+    """Gaussian init plus a few drifted clusters, as a prompt looks after some training."""
+    rng = np.random.default_rng(0)
+    return rng.normal(scale=0.02, size=(p, d)) + rng.normal(scale=0.05, size=(5, d))[rng.integers(0, 5, size=p)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--P", type=int, default=100)
-    parser.add_argument("--d", type=int, default=4096)
+    parser.add_argument("--P", default="20,100", help="prompt lengths, comma-separated")
+    parser.add_argument("--d", default="2048,4096,5120", help="widths, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    # A trained-looking prompt: Gaussian init plus a few drifted clusters.
-    rng = np.random.default_rng(0)
-    x = rng.normal(scale=0.02, size=(args.P, args.d)) + rng.normal(scale=0.05, size=(5, args.d))[
-        rng.integers(0, 5, size=args.P)
-    ]
-    prompt_topology(x)  # import and JIT warm-up outside the timing
-    ours_t, ours = median_time(prompt_topology, x, args.repeats)
-    gudhi_t, theirs = median_time(gudhi_topology, x, args.repeats)
-    print(f"Rips persistence H0+H1, P={args.P}, d={args.d}")
-    print(f"  ours (ripser): {ours_t * 1e3:9.2f} ms")
-    print(f"  gudhi        : {gudhi_t * 1e3:9.2f} ms")
-    print(f"  ratio ours/gudhi: {ours_t / gudhi_t:.3f}x  (goal <= 0.1x)")
-    worst = max(abs(ours[k] - theirs[k]) for k in METRIC_KEYS)
-    print(f"  same numbers: max |difference| over the metrics = {worst:.2e}")
-    for k in METRIC_KEYS:
-        print(f"    {k:<22} ours {ours[k]:<14.8g} gudhi {theirs[k]:.8g}")
+    prompt_topology(trained_looking(20, 64))  # import and JIT warm-up outside the timing
+    print("Rips persistence H0+H1, one snapshot; goal <= 0.1x gudhi at P=100, d=4096")
+    print(f"{'P':>4}{'d':>6}{'ours ms':>10}{'gudhi ms':>10}{'ours/gudhi':>12}{'max |diff|':>12}")
+    for p in map(int, args.P.split(",")):
+        for d in map(int, args.d.split(",")):
+            x = trained_looking(p, d)
+            ours_t, ours = median_time(prompt_topology, x, args.repeats)
+            gudhi_t, theirs = median_time(gudhi_topology, x, args.repeats)
+            worst = max(abs(ours[k] - theirs[k]) for k in METRIC_KEYS)
+            print(
+                f"{p:>4}{d:>6}{ours_t * 1e3:>10.2f}{gudhi_t * 1e3:>10.2f}{ours_t / gudhi_t:>11.3f}x{worst:>12.1e}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ seq_len tokens (s = bytes per element of --dtype; L layers, hidden h, heads a of
 intermediate f, vocab V, N = B·answer_tokens answer positions):
 
 - weights, by ZeRO stage (read from each JSON file): stage <= 2: all N_params·s on every GPU;
-  stage 3: N_params·s / gpus, plus the parameters gathered while a module runs (the largest module,
-  usually the embedding V·h, plus DeepSpeed's prefetch bucket stage3_prefetch_bucket_size, 5e7 by
-  default); stage 3 with offload_param to the CPU: only the gathered ones (the rest lives in host RAM).
+  stage 3: N_params·s / gpus, plus the parameters gathered at once (at most N_params): the largest
+  module, usually the embedding or output layer V·h, as it is gathered; one decoder layer, which
+  DeepSpeed keeps gathered from its forward to its backward at the turn of the step (its prefetcher
+  marks what it will reuse); the prefetch bucket stage3_prefetch_bucket_size (5e7 by default);
+  stage 3 with offload_param to the CPU: only the gathered ones (the rest lives in host RAM). On CPU
+  ranks (gloo) a gather holds its output twice while in flight (``estimate(gather_copies=2)``).
 - activations kept for backward. The prompt is trainable at the INPUT, so the gradient must travel
   back through every layer and each layer keeps what its input-gradient needs, although no weight
   gets a gradient (PyTorch then saves no linear-layer inputs). Per token and layer (HF Llama / Gemma /
@@ -25,12 +28,17 @@ intermediate f, vocab V, N = B·answer_tokens answer positions):
   backward, 4·N·V. Backward's transients: 8·B·T·h (fp32 gradients of the residual stream and of a
   norm input) plus the larger of N·V·(8 + s) (logits, their fp32 copy, gradients) and one layer's
   backward working set (taken as 2x that layer's saved activations, mask excluded).
-- the prompt: P·h values with fp32 master, Adam moments, gradients and a 16-bit copy, 20 bytes each
-  (optimizer state for the prompt only; offloaded configs keep 4 + s bytes on the GPU).
+- the trainable values T of ``--method`` (``trainable_values``): prompt P·h; ptuning_v2 P·L·2·d_kv;
+  prefix P·d_kv plus PEFT's MLP d_kv -> e -> L·2·d_kv (at full depth by far the largest: 2.1 B values
+  on Qwen1.5-14B). Per GPU: the module's s·T (stage 3: its partition too, s·T/gpus), the fp32 master,
+  Adam moments and fp32 gradient partitioned over the GPUs (16·T/gpus; on the host when the optimizer
+  is offloaded) and the s·T gradient before it is reduced.
 - a fixed reserve (--reserve-gib, default 1.5) for the CUDA context, NCCL buffers and allocator slack.
 
 tests/test_plan.py checks the activation terms against memory measured on CPU runs of the tiny models
-(bytes saved for backward, exactly, and the peak of a forward+backward, within 15%).
+(bytes saved for backward, exactly, and the peak of a forward+backward, within 15%);
+tests/test_shapes.py the trainable values against PEFT's modules; benchmarks/bench_real_shapes.py the
+whole estimate against the peak memory of two-rank CPU runs of the five real shapes.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tsloss_harness.errors import TslossError
+from tsloss_harness.shapes import ARCHITECTURES
 
 __all__ = [
     "KNOWN_MODELS",
@@ -55,7 +64,6 @@ __all__ = [
 GIB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 PREFETCH_BUCKET_DEFAULT = 50_000_000  # DeepSpeed's stage3_prefetch_bucket_size default (elements)
-PROMPT_BYTES_PER_VALUE = 20  # fp32 master 4 + Adam m, v 8 + fp32 grad 4 + 16-bit param and grad 4
 
 
 class PlanError(TslossError, ValueError):
@@ -79,15 +87,19 @@ class ModelShape:
     num_params_override: int | None = None  # a bare "7b": the count is given, the shape is a guess
 
     @property
-    def num_params(self) -> int:
-        if self.num_params_override is not None:
-            return self.num_params_override
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer: attention (with Qwen2's q/k/v biases), MLP, two RMSNorms."""
         h, hd = self.hidden_size, self.head_dim
         q, kv = self.num_heads * hd, self.num_kv_heads * hd
         attention = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
-        layer = attention + 3 * h * self.intermediate_size + 2 * h  # + two RMSNorm weights
-        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * layer + embeddings + h  # + final norm
+        return attention + 3 * h * self.intermediate_size + 2 * h
+
+    @property
+    def num_params(self) -> int:
+        if self.num_params_override is not None:
+            return self.num_params_override
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * self.layer_params + embeddings + self.hidden_size  # + final norm
 
     @property
     def largest_module(self) -> int:
@@ -96,16 +108,13 @@ class ModelShape:
         return max(self.vocab_size * self.hidden_size, self.hidden_size * self.intermediate_size, q * self.hidden_size)
 
 
-# The paper's five models, from their public config.json files on the Hugging Face hub as I know
-# them (written from memory, not downloaded here); the parameter counts they give (2.51B, 6.74B,
-# 6.91B, 13.0B, 14.2B) match the models' published sizes.
+# The paper's five models: one table of shapes (tsloss_harness/shapes.py, each with its config.json
+# named) for the planner and the shape-faithful fixtures (testbed/shaped.py).
 KNOWN_MODELS: dict[str, ModelShape] = {
-    "gemma-2b-it": ModelShape("google/gemma-2b-it", 18, 2048, 8, 1, 256, 16384, 256000, True),
-    "open-llama-7b": ModelShape("openlm-research/open_llama_7b", 32, 4096, 32, 32, 128, 11008, 32000, False),
-    "deepseek-7b-chat": ModelShape("deepseek-ai/deepseek-llm-7b-chat", 30, 4096, 32, 32, 128, 11008, 102400, False),
-    "llama2-13b": ModelShape("meta-llama/Llama-2-13b-hf", 40, 5120, 40, 40, 128, 13824, 32000, False),
-    "qwen1.5-14b": ModelShape("Qwen/Qwen1.5-14B", 40, 5120, 40, 40, 128, 13696, 152064, False, qkv_bias=True),
-}
+    key: ModelShape(a.hub_id, a.num_layers, a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim,
+                    a.intermediate_size, a.vocab_size, a.tie_word_embeddings, qkv_bias=a.qkv_bias)
+    for key, a in ARCHITECTURES.items()
+}  # fmt: skip
 _ALIASES = {shape.name.lower(): key for key, shape in KNOWN_MODELS.items()}
 
 _PARAM_COUNT = re.compile(r"^(\d+(?:\.\d+)?)\s*([mbt])$", re.IGNORECASE)
@@ -222,6 +231,37 @@ def activation_bytes(
             "peak": saved + logits_saved + transient}  # fmt: skip
 
 
+METHODS = ("prompt", "prefix", "ptuning_v2")  # the tuner's --method (tune.config.METHODS)
+ADAM_STATE_BYTES = 16  # per trainable value, partitioned over ranks: fp32 master 4 + Adam m, v 8 + fp32 gradient 4
+
+
+def trainable_values(shape: ModelShape, method: str, num_virtual_tokens: int, prefix_hidden_size: int | None = None) -> int:
+    """Values the tuner trains: ``prompt`` P·h; ``ptuning_v2`` the prefix P·L·2·d_kv; ``prefix`` P·d_kv
+    plus PEFT's MLP d_kv -> e -> L·2·d_kv with biases (e = ``prefix_hidden_size``, default d_kv): at
+    full depth the MLP's output layer dominates (Qwen1.5-14B: 5120 x 409,600 = 2.1 B values)."""
+    if method not in METHODS:
+        raise PlanError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
+    p, d_kv = num_virtual_tokens, shape.num_kv_heads * shape.head_dim
+    if method == "prompt":
+        return p * shape.hidden_size
+    width = shape.num_layers * 2 * d_kv
+    if method == "ptuning_v2":
+        return p * width
+    e = prefix_hidden_size or d_kv
+    return p * d_kv + d_kv * e + e + e * width + width
+
+
+def trainable_bytes(values: int, ds_config: dict, gpus: int, dtype_bytes: int) -> int:
+    """Per-GPU bytes of the trainable values: the module's own copy (stage 3: its partition, plus the
+    whole of it gathered from its forward to its backward), the optimizer state partitioned over the
+    ranks (ADAM_STATE_BYTES; on the host when the optimizer is offloaded), the gradient before it is
+    reduced (16-bit)."""
+    s = dtype_bytes
+    module = s * values + (math.ceil(values / gpus) * s if ds_config["stage"] == 3 else 0)
+    state = 0 if ds_config["offload_optimizer"] else math.ceil(values / gpus) * ADAM_STATE_BYTES
+    return module + state + s * values
+
+
 @dataclass
 class Estimate:
     """Per-GPU bytes of one ds_configs/ file (``total`` <= the GPU's memory: it fits)."""
@@ -252,19 +292,27 @@ def estimate(
     answer_tokens: int,
     dtype_bytes: int,
     reserve_gib: float = 1.5,
+    method: str = "prompt",
+    prefix_hidden_size: int | None = None,
+    gather_copies: int = 1,
 ) -> Estimate:
-    """Per-GPU memory of ``shape`` under one DeepSpeed config (``load_ds_config``'s dict)."""
+    """Per-GPU memory of ``shape`` under one DeepSpeed config (``load_ds_config``'s dict).
+
+    ``gather_copies``: buffers a ZeRO-3 gather holds while in flight (1 with NCCL; 2 on CPU ranks,
+    where gloo's all_gather_into_tensor stages the whole output once more, measured)."""
     s, n = dtype_bytes, shape.num_params
     offload = ds_config["stage"] == 3 and ds_config["offload_param"] is not None
-    gathered = (shape.largest_module + ds_config["prefetch_bucket"]) * s
+    # Gathered at once: the largest module (as it is gathered), the decoder layer DeepSpeed keeps
+    # gathered from its forward to its backward at the turn of the step, the prefetch bucket.
+    gathered = min(n, gather_copies * shape.largest_module + shape.layer_params + ds_config["prefetch_bucket"]) * s
     if ds_config["stage"] < 3:
         weights = n * s
     elif offload:
         weights = gathered
     else:
         weights = math.ceil(n / gpus) * s + gathered
-    prompt_values = num_virtual_tokens * shape.hidden_size
-    prompt = prompt_values * ((4 + s) if ds_config["offload_optimizer"] else PROMPT_BYTES_PER_VALUE)
+    prompt = trainable_bytes(trainable_values(shape, method, num_virtual_tokens, prefix_hidden_size), ds_config,
+                             gpus, s)  # fmt: skip
     reserve = int(reserve_gib * GIB)
     budget = int(gpu_mem_gib * GIB)
 

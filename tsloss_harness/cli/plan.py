@@ -15,7 +15,15 @@ def _gib(x: int) -> str:
 def plan(argv: list[str]) -> int:
     """``tsloss plan``: choose the ds_configs/ file that fits; exit 0 when one fits, 1 when none does."""
     from tsloss_harness import plan as planning
-    from tsloss_harness.plan import DTYPE_BYTES, KNOWN_MODELS, PlanError, estimate, load_ds_config, resolve_model
+    from tsloss_harness.plan import (
+        DTYPE_BYTES,
+        KNOWN_MODELS,
+        METHODS,
+        PlanError,
+        estimate,
+        load_ds_config,
+        resolve_model,
+    )
     from tsloss_harness.resources import resource_dir
 
     parser = argparse.ArgumentParser(prog="tsloss plan", description=planning.__doc__.split("\n\n")[0])
@@ -29,6 +37,8 @@ def plan(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="global batch, as the tuner's (default 8)")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per GPU (default batch/gpus)")
     parser.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt length P (default 20)")
+    parser.add_argument("--method", choices=METHODS, default="prompt", help="the tuner's --method (default prompt)")
+    parser.add_argument("--prefix-hidden-size", type=int, default=None, help="--method prefix: MLP width (default d_kv)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="model dtype (default bf16)")
     parser.add_argument("--reserve-gib", type=float, default=1.5, help="CUDA context, NCCL, allocator slack")
     parser.add_argument("--ds-configs", type=Path, default=resource_dir("ds_configs"), help="folder of DeepSpeed JSONs")
@@ -52,7 +62,8 @@ def plan(argv: list[str]) -> int:
     estimates = [
         estimate(shape, configs[name], name=name, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, micro_batch=micro,
                  seq_len=args.seq_len, num_virtual_tokens=args.num_virtual_tokens,
-                 answer_tokens=args.answer_tokens, dtype_bytes=DTYPE_BYTES[args.dtype], reserve_gib=args.reserve_gib)
+                 answer_tokens=args.answer_tokens, dtype_bytes=DTYPE_BYTES[args.dtype], reserve_gib=args.reserve_gib,
+                 method=args.method, prefix_hidden_size=args.prefix_hidden_size)
         for name in order
     ]  # fmt: skip
     choice = next((e for e in estimates if e.fits), None)

@@ -23,6 +23,7 @@ import math
 import torch
 from torch import nn
 
+from tsloss_harness.memory import gathered_while
 from tsloss_harness.tune.config import TuneError
 
 
@@ -136,13 +137,6 @@ class PromptTuningLoss(nn.Module):
                             for h in self.adaptive_halves]
         self.adaptive_values = torch.zeros(len(adaptive), dtype=torch.float64)
         self.adaptive_scales = torch.zeros(len(adaptive), dtype=torch.float64)
-        lm_head = base.get_output_embeddings()
-        if hasattr(lm_head.weight, "ds_id"):  # ZeRO-3: the output layer's weight is used outside lm_head.forward
-            from deepspeed.runtime.zero.partition_parameters import register_external_parameter
-
-            for param in (lm_head.weight, lm_head.bias):
-                if param is not None:
-                    register_external_parameter(self, param)
 
     @property
     def deep(self) -> bool:
@@ -165,7 +159,8 @@ class PromptTuningLoss(nn.Module):
         predicting, targets = self._decode(matrix, input_ids, attention_mask, labels)
         answer = targets != -100  # keep only the rows whose target is an answer token
         lm_head = self.peft_model.get_base_model().get_output_embeddings()
-        ce_sum = LinearCrossEntropy.apply(predicting[answer], lm_head.weight, lm_head.bias, targets[answer], self.softcap)
+        with gathered_while((lm_head.weight, lm_head.bias)):  # ZeRO-3: whole for the CE only (memory.py)
+            ce_sum = LinearCrossEntropy.apply(predicting[answer], lm_head.weight, lm_head.bias, targets[answer], self.softcap)
         loss = ce_scale * ce_sum + self.lambda_ts * reg.float()
         return loss, ce_sum.detach(), reg.detach().float()
 
