@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     # (group, lm-eval limit, samples per run): MMLU-CF's limit applies per subject.
     mmlu_limit = max(1, args.limit // len(MMLU_CF_SUBJECTS))
-    tasks = [("gsm8k_offline", args.limit, args.limit), ("mmlu_cf_offline", mmlu_limit, mmlu_limit * len(MMLU_CF_SUBJECTS))]
+    tasks = [
+        ("gsm8k_offline", args.limit, args.limit),
+        ("mmlu_cf_offline", mmlu_limit, mmlu_limit * len(MMLU_CF_SUBJECTS)),
+    ]
 
     best: dict[tuple[str, str], float] = {}
     best_cpu: dict[tuple[str, str], float] = {}
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\ntiny llama (hidden 256, 4 layers), P={args.virtual_tokens}, batch size {args.batch_size}, "
           f"best of {args.repeats}, torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"{'task':<16} {'samples':>7} {'hf,peft= s/s':>13} {'tsprompt s/s':>13} {'ratio':>6} {'ratio (CPU time)':>17}  same scores")
+    print(
+        f"{'task':<16} {'samples':>7} {'hf,peft= s/s':>13} {'tsprompt s/s':>13} {'ratio':>6} {'ratio (CPU time)':>17}  same scores"
+    )
     for task, _limit, samples in tasks:
         ref, ours = samples / best["hf,peft=", task], samples / best["tsprompt", task]
         cpu_ratio = best_cpu["hf,peft=", task] / best_cpu["tsprompt", task]

@@ -82,17 +82,23 @@ def compare(seq_config, ray_config) -> list[str]:
         same_steps += steps_equal
         same_prompt += torch.equal(pa, pb)
         worst = max(worst, (pa.float() - pb.float()).abs().max().item())
-        lines.append(f"  {seq.name}: converged_step {a['converged_step']} / {b['converged_step']}, steps {a['steps']} / {b['steps']}"
-                     f"{'' if steps_equal else '  <- differs'}")
-    lines.append(f"converged_step and steps equal in {same_steps}/{len(pairs)} cells; prompts bit-identical in "
-                 f"{same_prompt}/{len(pairs)} (largest |difference| {worst:.3g})")
+        lines.append(
+            f"  {seq.name}: converged_step {a['converged_step']} / {b['converged_step']}, steps {a['steps']} / {b['steps']}"
+            f"{'' if steps_equal else '  <- differs'}"
+        )
+    lines.append(
+        f"converged_step and steps equal in {same_steps}/{len(pairs)} cells; prompts bit-identical in "
+        f"{same_prompt}/{len(pairs)} (largest |difference| {worst:.3g})"
+    )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "sweep_convergence.yaml"))
-    parser.add_argument("--settings", default="single", help="comma-separated settings to keep, or 'all' (default: single)")
+    parser.add_argument(
+        "--settings", default="single", help="comma-separated settings to keep, or 'all' (default: single)"
+    )
     parser.add_argument("--regularizers", help="comma-separated regularizers to keep (default: the config's)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--output_dir", help="where both sweeps write (default: a new temporary folder)")
@@ -112,15 +118,25 @@ def main() -> None:
         build_testbed()  # built (or taken from the cache) before either clock starts
     import torch
 
-    print(f"{len(cells)} cells ({args.config}: settings {args.settings}, seeds {args.seeds}); {os.cpu_count()} CPUs; "
-          f"load average at start {os.getloadavg()[0]:.1f}; output {root}", flush=True)
+    print(
+        f"{len(cells)} cells ({args.config}: settings {args.settings}, seeds {args.seeds}); {os.cpu_count()} CPUs; "
+        f"load average at start {os.getloadavg()[0]:.1f}; output {root}",
+        flush=True,
+    )
     seq_s = run_sequential(seq_config)
-    print(f"sequential sweep (tune.run in one process, {torch.get_num_threads()} torch threads): {seq_s:.1f} s", flush=True)
+    print(
+        f"sequential sweep (tune.run in one process, {torch.get_num_threads()} torch threads): {seq_s:.1f} s",
+        flush=True,
+    )
     ray_s, result = run_engine(ray_config)
     r = ray_config.resources_for(None)
-    print(f"ray engine (local instance, {r.num_cpus:g} CPU and {r.threads} thread per cell, one process each): {ray_s:.1f} s"
-          f" ({result['ran']} run, {len(result['failed'])} failed)")
-    print(f"engine / sequential wall time: {ray_s / seq_s:.2f}x (goal <= 0.6x); load average at end {os.getloadavg()[0]:.1f}")
+    print(
+        f"ray engine (local instance, {r.num_cpus:g} CPU and {r.threads} thread per cell, one process each): {ray_s:.1f} s"
+        f" ({result['ran']} run, {len(result['failed'])} failed)"
+    )
+    print(
+        f"engine / sequential wall time: {ray_s / seq_s:.2f}x (goal <= 0.6x); load average at end {os.getloadavg()[0]:.1f}"
+    )
     print("\n".join(compare(seq_config, ray_config)))
 
 

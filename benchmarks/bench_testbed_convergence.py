@@ -66,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="llama")
     parser.add_argument("--size", default="default")
-    parser.add_argument("--corpus", default="generated", help="the testbed's pretraining corpus (tuned rows are always generated)")
+    parser.add_argument(
+        "--corpus", default="generated", help="the testbed's pretraining corpus (tuned rows are always generated)"
+    )
     parser.add_argument("--testbed_seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--regularizer", default=None, help="override TUNE_DEFAULTS' regularizer (tuner default: tsloss)")
+    parser.add_argument(
+        "--regularizer", default=None, help="override TUNE_DEFAULTS' regularizer (tuner default: tsloss)"
+    )
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--max_steps", type=int, default=None)
     parser.add_argument("--skip_random", action="store_true")
@@ -92,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = testbed.build_testbed(arch=args.arch, corpus=args.corpus, size=args.size, seed=args.testbed_seed)
     card = json.loads((model_dir / "testbed.json").read_text())
-    print(f"testbed {model_dir}: {card['steps']} steps, loss {card['loss_first']:.3f} -> {card['loss_final']:.3f}, "
-          f"built in {card['wall_s']} s ({card['cpu_s']} s CPU)", flush=True)
-    print(f"tune overrides: {json.dumps(overrides)}  torch threads: {__import__('torch').get_num_threads()}", flush=True)
+    print(
+        f"testbed {model_dir}: {card['steps']} steps, loss {card['loss_first']:.3f} -> {card['loss_final']:.3f}, "
+        f"built in {card['wall_s']} s ({card['cpu_s']} s CPU)",
+        flush=True,
+    )
+    print(
+        f"tune overrides: {json.dumps(overrides)}  torch threads: {__import__('torch').get_num_threads()}", flush=True
+    )
 
     results: dict[str, list[dict]] = {"testbed": [], "random": []}
     with tempfile.TemporaryDirectory(prefix="bench_testbed_") as tmp:
@@ -103,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_random:
             # The testbed's starting point: same arch, shape, tokenizer and seed, random weights.
             models["random"] = build_tiny_model(
-                args.arch, tmp / "random", seed=args.testbed_seed, tokenizer_dir=model_dir, **testbed.SIZES[args.size].model
+                args.arch,
+                tmp / "random",
+                seed=args.testbed_seed,
+                tokenizer_dir=model_dir,
+                **testbed.SIZES[args.size].model,
             )
         for seed in range(args.seeds):
             row = generate_gsm8k_rows(1, seed=10_000 + seed)[0]

@@ -51,7 +51,11 @@ def add_file_to_wheel(wheel_path: str, arcname: str, data: bytes) -> None:
                 continue
             content = src.read(info.filename)
             if info.filename == records[0]:
-                keep = [line for line in content.decode().splitlines() if not line.startswith((f"{arcname},", f"{records[0]},"))]
+                keep = [
+                    line
+                    for line in content.decode().splitlines()
+                    if not line.startswith((f"{arcname},", f"{records[0]},"))
+                ]
                 lines = [*keep, f"{arcname},sha256={digest},{len(data)}", f"{records[0]},,"]
                 content = ("\n".join(lines) + "\n").encode()
             dst.writestr(info, content)

@@ -106,6 +106,7 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(longbench, root / "longbench" / "2wikimqa.jsonl")
     return root
 
+
 @pytest.fixture(scope="session")
 def tasks_dir(tmp_path_factory) -> Path:
     """This repo's tasks/ plus a rolling-loglikelihood task over the local GSM8K questions."""
@@ -113,6 +114,7 @@ def tasks_dir(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "tasks", root, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "offline" / "tsprompt_test_rolling.yaml").write_text(ROLLING_TASK)
     return root
+
 
 @pytest.fixture(scope="session")
 def env(gsm8k_dir, data_dir) -> dict[str, str]:
@@ -126,11 +128,14 @@ def env(gsm8k_dir, data_dir) -> dict[str, str]:
         "TSLOSS_DATA_DIR": str(data_dir),
     }
 
+
 @pytest.fixture(scope="session")
 def short_dir(tmp_path_factory) -> Path:
     """Four GSM8K-format rows with short answers: greedy generation for accuracy stays cheap."""
     root = tmp_path_factory.mktemp("short")
-    rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"} for a, b in
-            [(2, 3), (4, 1), (7, 2), (6, 6)]]
+    rows = [
+        {"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}={a + b}\n#### {a + b}"}
+        for a, b in [(2, 3), (4, 1), (7, 2), (6, 6)]
+    ]
     write_jsonl(rows, root / "train.jsonl")
     return root

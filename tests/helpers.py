@@ -115,8 +115,21 @@ def tune_argv(config: TuneConfig) -> list[str]:
 def two_ranks(config: TuneConfig) -> dict:
     """``config`` run by ``deepspeed --num_gpus 2 tune.py`` (two CPU ranks); its summary."""
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    result = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "tune.py"),
-                             *tune_argv(config)], capture_output=True, text=True, env=fresh_env(), timeout=300)
+    result = subprocess.run(
+        [
+            str(deepspeed),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(REPO / "tune.py"),
+            *tune_argv(config),
+        ],
+        capture_output=True,
+        text=True,
+        env=fresh_env(),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return json.loads((Path(config.output_dir) / "summary.json").read_text())
 

@@ -267,7 +267,9 @@ def test_calibration_keeps_the_heads_that_beat_no_calibration(
     from lm_eval.api.instance import Instance
 
     # lm-eval's requests of this loglikelihood task: (doc_to_text, doc_to_target = " " + answer).
-    requests = [Instance("loglikelihood", r, (f"Question: {r['question']}\nAnswer:", " " + r["answer"]), 0) for r in rows]
+    requests = [
+        Instance("loglikelihood", r, (f"Question: {r['question']}\nAnswer:", " " + r["answer"]), 0) for r in rows
+    ]
     lls = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
     assert recorded == pytest.approx(sum(lls) / 3, abs=1e-4)
     # A generation task cannot be scored by accuracy without generating: one line.

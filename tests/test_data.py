@@ -107,7 +107,9 @@ def test_bad_names_and_paths(tmp_path):
 
 
 def test_bad_field_values(tmp_path):
-    _write(tmp_path / "X_dev.jsonl", [json.dumps({"Question": "Q", "A": "1", "B": "2", "C": "3", "D": "4", "Answer": "E"})])
+    _write(
+        tmp_path / "X_dev.jsonl", [json.dumps({"Question": "Q", "A": "1", "B": "2", "C": "3", "D": "4", "Answer": "E"})]
+    )
     with pytest.raises(DataError, match="X_dev.jsonl row 1: field 'Answer' must be one of A, B, C, D"):
         data.load_rows("mmlu_cf", tmp_path)
     _write(tmp_path / "trec.jsonl", [json.dumps({"context": "c", "input": "i", "answers": []})])

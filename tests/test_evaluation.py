@@ -192,8 +192,10 @@ def test_topology_report_and_offline_tasks(runs, prompts):
     # highest loglikelihood is the letter in the row's "Answer" field; 14 subjects x 3 docs, weighted by size.
     docs = [row for task, rows in run["samples"].items() if task.startswith("mmlu_cf_5shot_") for row in rows.values()]
     assert len(docs) == 3 * len(MMLU_CF_SUBJECTS)
-    right = [max(range(4), key=lambda i: float(row["resps"][i][0][0])) == "ABCD".index(row["doc"]["Answer"].strip())
-             for row in docs]
+    right = [
+        max(range(4), key=lambda i: float(row["resps"][i][0][0])) == "ABCD".index(row["doc"]["Answer"].strip())
+        for row in docs
+    ]
     assert run["results"]["groups"]["mmlu_cf_5shot_offline"]["acc,none"] == pytest.approx(sum(right) / len(docs))
     fewshot_prompt = run["samples"]["mmlu_cf_5shot_law"][0]["arguments"]["gen_args_0"]["arg_0"]
     assert fewshot_prompt.count("\nAnswer:") == 6
@@ -262,8 +264,7 @@ def test_real_gsm8k_rows(real_gsm8k_dir, tiny_llama_dir, prompts, tasks_dir, env
 def test_wheels_carry_the_startup_hook(hook, tmp_path):
     """Both install modes get tsloss_harness_lm_eval.pth at the wheel root, listed in RECORD."""
     code = (
-        "import sys; sys.path.insert(0, 'buildtools'); import tsloss_build_backend as b; "
-        f"print(b.{hook}(sys.argv[1]))"
+        f"import sys; sys.path.insert(0, 'buildtools'); import tsloss_build_backend as b; print(b.{hook}(sys.argv[1]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300
@@ -273,8 +274,13 @@ def test_wheels_carry_the_startup_hook(hook, tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         pth = zf.read("tsloss_harness_lm_eval.pth").decode()
         (record,) = [n for n in zf.namelist() if n.endswith(".dist-info/RECORD")]
-        assert any(line.startswith("tsloss_harness_lm_eval.pth,sha256=") for line in zf.read(record).decode().splitlines())
+        assert any(
+            line.startswith("tsloss_harness_lm_eval.pth,sha256=") for line in zf.read(record).decode().splitlines()
+        )
         entry_points = zf.read(record.replace("RECORD", "entry_points.txt")).decode()
     assert pth.strip() == "import tsloss_harness._lm_eval_hook; tsloss_harness._lm_eval_hook.install()"
     models = entry_points.split("[lm_eval.models]\n", 1)[1].split("\n\n")[0].splitlines()  # setuptools sorts them
-    assert "tsprompt = tsloss_harness.evaluation:TSPromptLM" in models and "hf-act = tsloss_harness.act_eval:ActHFLM" in models
+    assert (
+        "tsprompt = tsloss_harness.evaluation:TSPromptLM" in models
+        and "hf-act = tsloss_harness.act_eval:ActHFLM" in models
+    )

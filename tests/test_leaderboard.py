@@ -19,20 +19,31 @@ MODEL = "/models/tiny-llama"
 
 def _results(path: Path, scores: dict, *, provenance: dict | None = None, groups: dict | None = None) -> None:
     """An lm-eval results file as ``lm_eval --output_path`` writes it (the fields the leaderboard reads)."""
-    config = {"model": "tsprompt" if provenance else "hf",
-              "model_args": f"pretrained={MODEL}" + (",prompt=/runs/x/prompt" if provenance else "")}
+    config = {
+        "model": "tsprompt" if provenance else "hf",
+        "model_args": f"pretrained={MODEL}" + (",prompt=/runs/x/prompt" if provenance else ""),
+    }
     if provenance:
         config["tsprompt"] = {"prompt": "/runs/x/prompt", "topology": {}, "provenance": provenance}
-    data = {"results": {task: {"alias": task, **s} for task, s in scores.items()},
-            "group_subtasks": groups or {task: [] for task in scores}, "config": config}
+    data = {
+        "results": {task: {"alias": task, **s} for task, s in scores.items()},
+        "group_subtasks": groups or {task: [] for task in scores},
+        "config": config,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
 
 def _run(path: Path, *, regularizer: str, seed: int, converged: int | None, num_samples: int = 1) -> None:
     path.mkdir(parents=True)
-    config = {"model": MODEL, "dataset": "gsm8k", "method": "prompt", "regularizer": regularizer, "seed": seed,
-              "num_samples": num_samples}
+    config = {
+        "model": MODEL,
+        "dataset": "gsm8k",
+        "method": "prompt",
+        "regularizer": regularizer,
+        "seed": seed,
+        "num_samples": num_samples,
+    }
     (path / "summary.json").write_text(json.dumps({"converged_step": converged, "steps": 30, "config": config}))
 
 
@@ -41,16 +52,26 @@ def inputs(tmp_path) -> list[Path]:
     prov = {"base_model": MODEL, "method": "prompt", "num_samples": 1}
     res = tmp_path / "results"
     _results(res / "base" / "results_2026-01-01T00-00-00.json", {"gsm8k_offline": {"exact_match,strict-match": 0.10}})
-    _results(res / "none0" / "results_a.json", {"gsm8k_offline": {"exact_match,strict-match": 0.15,
-                                                                  "exact_match,flexible-extract": 0.9}},
-             provenance=dict(prov, regularizer="none", seed=0))
-    _results(res / "ts0" / "results_a.json",
-             {"gsm8k_offline": {"exact_match,strict-match": 0.20}, "mmlu_cf": {"acc,none": 0.50},
-              "mmlu_cf_math": {"acc,none": 0.40}},
-             provenance=dict(prov, regularizer="tsloss", seed=0),
-             groups={"gsm8k_offline": [], "mmlu_cf": ["mmlu_cf_math"], "mmlu_cf_math": []})
-    _results(res / "ts1" / "results_a.json", {"gsm8k_offline": {"exact_match,strict-match": 0.30}},
-             provenance=dict(prov, regularizer="tsloss", seed=1))
+    _results(
+        res / "none0" / "results_a.json",
+        {"gsm8k_offline": {"exact_match,strict-match": 0.15, "exact_match,flexible-extract": 0.9}},
+        provenance=dict(prov, regularizer="none", seed=0),
+    )
+    _results(
+        res / "ts0" / "results_a.json",
+        {
+            "gsm8k_offline": {"exact_match,strict-match": 0.20},
+            "mmlu_cf": {"acc,none": 0.50},
+            "mmlu_cf_math": {"acc,none": 0.40},
+        },
+        provenance=dict(prov, regularizer="tsloss", seed=0),
+        groups={"gsm8k_offline": [], "mmlu_cf": ["mmlu_cf_math"], "mmlu_cf_math": []},
+    )
+    _results(
+        res / "ts1" / "results_a.json",
+        {"gsm8k_offline": {"exact_match,strict-match": 0.30}},
+        provenance=dict(prov, regularizer="tsloss", seed=1),
+    )
     runs = tmp_path / "runs"
     for seed, step in enumerate((10, 14, None)):
         _run(runs / f"none-{seed}", regularizer="none", seed=seed, converged=step)
@@ -146,7 +167,10 @@ def test_ratio_ci_is_the_log_delta_method():
     dof = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 4)
     half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
     assert ratio == pytest.approx(ma / mb)
-    assert (math.log(low), math.log(high)) == (pytest.approx(math.log(ratio) - half), pytest.approx(math.log(ratio) + half))
+    assert (math.log(low), math.log(high)) == (
+        pytest.approx(math.log(ratio) - half),
+        pytest.approx(math.log(ratio) + half),
+    )
     assert leaderboard.ratio_ci([5.0], [10.0]) == (0.5, None, None)
 
 
@@ -172,7 +196,9 @@ def test_csv_is_long_form_with_missing_cells(inputs, tmp_path):
     assert len(rows) == 6 + 4 + 2  # III: 2x3 cells, IV: 2x2, VI: 2
     missing = [r for r in rows if r["table"] == "III" and r["dataset"] == "mmlu_cf" and r["method"] == "base"]
     assert missing[0]["n_runs"] == "0" and missing[0]["mean"] == ""
-    baseline = next(r for r in rows if r["table"] == "IV" and r["method"] == "prompt" and r["setting"] == "single-sample")
+    baseline = next(
+        r for r in rows if r["table"] == "IV" and r["method"] == "prompt" and r["setting"] == "single-sample"
+    )
     assert (baseline["n"], baseline["n_runs"], baseline["mean"], baseline["values"]) == ("2", "3", "12.0", "10;14;")
     ts = next(r for r in rows if r["table"] == "VI" and r["method"] == "prompt+tsloss")
     assert float(ts["ratio_to_baseline"]) == pytest.approx(7 / 12, abs=1e-6)

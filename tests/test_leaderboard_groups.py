@@ -10,11 +10,13 @@ from tsloss_harness import leaderboard
 
 def test_scoreless_group_is_read_through_its_subtasks(tmp_path):
     data = {  # as lm_eval --tasks gsm8k_offline,mmlu_cf writes it (the fields the leaderboard reads)
-        "results": {"gsm8k_offline": {"alias": "gsm8k_offline"},
-                    "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25},
-                    "mmlu_cf": {"alias": "mmlu_cf", "acc,none": 0.5},
-                    "mmlu_cf_math": {"alias": "mmlu_cf_math", "acc,none": 0.4},
-                    "orphan": {"alias": "orphan", "bleu,none": 3.0}},
+        "results": {
+            "gsm8k_offline": {"alias": "gsm8k_offline"},
+            "gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25},
+            "mmlu_cf": {"alias": "mmlu_cf", "acc,none": 0.5},
+            "mmlu_cf_math": {"alias": "mmlu_cf_math", "acc,none": 0.4},
+            "orphan": {"alias": "orphan", "bleu,none": 3.0},
+        },
         "group_subtasks": {"gsm8k_offline": ["gsm8k"], "mmlu_cf": ["mmlu_cf_math"], "orphan": []},
         "config": {"model": "hf", "model_args": "pretrained=/m/tiny"},
     }

@@ -63,7 +63,9 @@ def _peft_model(model_dir, method: str, seed: int = 0, num_virtual_tokens: int =
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(seed)
-    return get_peft_model(base, make_method_config(method, str(model_dir), base.config, num_virtual_tokens=num_virtual_tokens))
+    return get_peft_model(
+        base, make_method_config(method, str(model_dir), base.config, num_virtual_tokens=num_virtual_tokens)
+    )
 
 
 def _batch(model_dir, data_dir, n: int = 3):
@@ -75,8 +77,19 @@ def _batch(model_dir, data_dir, n: int = 3):
 
 
 def _config(model, data, out, **overrides) -> TuneConfig:
-    settings = dict(model=str(model), data_dir=str(data), output_dir=str(out), num_samples=2, batch_size=2,
-                    max_steps=2, lr=0.05, warmup_ratio=0.0, eval_every=0, topology_every=0, progress=False)
+    settings = dict(
+        model=str(model),
+        data_dir=str(data),
+        output_dir=str(out),
+        num_samples=2,
+        batch_size=2,
+        max_steps=2,
+        lr=0.05,
+        warmup_ratio=0.0,
+        eval_every=0,
+        topology_every=0,
+        progress=False,
+    )
     return TuneConfig(**{**settings, **overrides})
 
 
@@ -94,8 +107,11 @@ def test_methods_and_the_regularized_matrix(tiny_llama_dir):
     c = AutoConfig.from_pretrained(tiny_llama_dir)
     d_kv = c.num_key_value_heads * c.head_dim
     assert d_kv < c.hidden_size  # grouped-query attention: the prefix is as wide as the keys/values, not d
-    expected = {"prompt": (P, c.hidden_size), "prefix": (P, c.num_hidden_layers * 2 * d_kv),
-                "ptuning_v2": (P, c.num_hidden_layers * 2 * d_kv)}
+    expected = {
+        "prompt": (P, c.hidden_size),
+        "prefix": (P, c.num_hidden_layers * 2 * d_kv),
+        "ptuning_v2": (P, c.num_hidden_layers * 2 * d_kv),
+    }
     for method in PROMPT_METHODS:
         peft_model = _peft_model(tiny_llama_dir, method)
         module = _loss_module(peft_model, get_regularizer("none"), {}, 0.0)
@@ -163,8 +179,12 @@ def test_adaptive_gradient_keeps_the_ratio(method, adaptive, tiny_llama_dir, gsm
         others = want - g_ce - scale[h] * g_term[h]
         assert (got - g_ce - others).norm() / g_ce.norm() == pytest.approx(r, rel=1e-4)
     assert module.adaptive_halves == tuple(adaptive)
-    torch.testing.assert_close(module.adaptive_scales, torch.stack([scale[h] for h in adaptive]).double(), rtol=1e-5, atol=0)
-    torch.testing.assert_close(module.adaptive_values, torch.stack([terms[h] for h in adaptive]).double().detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        module.adaptive_scales, torch.stack([scale[h] for h in adaptive]).double(), rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(
+        module.adaptive_values, torch.stack([terms[h] for h in adaptive]).double().detach(), rtol=1e-5, atol=0
+    )
 
 
 @pytest.mark.slow
@@ -173,8 +193,15 @@ def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path
     logs β_H0 = r·||∇CE|| / (λ·||∇L_H0||), measured here on PEFT's forward; with two micro-batches the
     ratio holds per micro-batch: β = r·(||∇CE_1|| + ||∇CE_2||) / (λ·||∇L_H0||)."""
     lam, r0, r1 = 0.5, 0.4, 0.1
-    common = dict(max_steps=1, warmup_ratio=1.0, epochs=1, method="ptuning_v2", lambda_ts=lam,
-                  adaptive_ratio_h0=r0, adaptive_ratio_h1=r1)
+    common = dict(
+        max_steps=1,
+        warmup_ratio=1.0,
+        epochs=1,
+        method="ptuning_v2",
+        lambda_ts=lam,
+        adaptive_ratio_h0=r0,
+        adaptive_ratio_h1=r1,
+    )
     one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", **common))
     two = run(_config(tiny_llama_dir, short_dir, tmp_path / "two", micro_batch_size=1, **common))
     matrix = load_prompt(tmp_path / "one" / "prompt")
@@ -197,8 +224,10 @@ def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path
         return torch.autograd.grad(loss, table)[0]
 
     leaf = matrix.clone().requires_grad_(True)
-    norms = {h: torch.autograd.grad(ts_loss(leaf, beta_h0=float(h == "h0"), beta_h1=float(h == "h1")), leaf)[0].norm()
-             for h in ("h0", "h1")}
+    norms = {
+        h: torch.autograd.grad(ts_loss(leaf, beta_h0=float(h == "h0"), beta_h1=float(h == "h1")), leaf)[0].norm()
+        for h in ("h0", "h1")
+    }
     whole = ce_grad(rows).norm()
     split = ce_grad(rows[:1]).norm() + ce_grad(rows[1:]).norm()
     assert split > whole * 1.001  # the per-micro-batch semantics are visible here
@@ -213,8 +242,18 @@ def test_adaptive_run_logs_the_betas_it_used(tiny_llama_dir, short_dir, tmp_path
 
 @pytest.mark.slow
 def test_adaptive_betas_logged_every_step_with_a_fixed_half(tiny_llama_dir, short_dir, tmp_path):
-    run(_config(tiny_llama_dir, short_dir, tmp_path / "r", max_steps=3, regularizer="ph_exact", beta_h1=2.0,
-                adaptive_ratio_h0=0.5, topology_every=3))
+    run(
+        _config(
+            tiny_llama_dir,
+            short_dir,
+            tmp_path / "r",
+            max_steps=3,
+            regularizer="ph_exact",
+            beta_h1=2.0,
+            adaptive_ratio_h0=0.5,
+            topology_every=3,
+        )
+    )
     lines = _lines(tmp_path / "r" / "metrics.jsonl")
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert all(r["beta_h0"] > 0 and r["beta_h1"] == 2.0 for r in lines)
@@ -224,15 +263,23 @@ def test_adaptive_betas_logged_every_step_with_a_fixed_half(tiny_llama_dir, shor
 def test_bad_method_options_fail_with_one_line(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     common = ["--model", str(tiny_llama_dir), "--data_dir", str(gsm8k_dir), "--output_dir", str(tmp_path / "out")]
     assert "unknown method 'lora'" in tune_fails([*common, "--method", "lora"], capsys)
-    assert "init 'vocab' is for --method prompt" in tune_fails([*common, "--method", "prefix", "--init", "vocab"], capsys)
+    assert "init 'vocab' is for --method prompt" in tune_fails(
+        [*common, "--method", "prefix", "--init", "vocab"], capsys
+    )
     assert "prefix_hidden_size must be >= 1 and is for --method prefix" in tune_fails(
-        [*common, "--method", "ptuning_v2", "--prefix_hidden_size", "8"], capsys)
+        [*common, "--method", "ptuning_v2", "--prefix_hidden_size", "8"], capsys
+    )
     err = tune_fails([*common, "--regularizer", "h0", "--adaptive_ratio_h1", "0.1"], capsys)
     assert "adaptive_ratio_h1 needs a regularizer with an H1 term (tsloss, h1, ph_exact), got 'h0'" in err
     assert "adaptive_ratio_h0 needs a regularizer with an H0 term" in tune_fails(
-        [*common, "--regularizer", "l2", "--adaptive_ratio_h0", "0.1"], capsys)
-    assert "adaptive_ratio_h0 must be a finite number >= 0" in tune_fails([*common, "--adaptive_ratio_h0", "-1"], capsys)
-    assert "adaptive_ratio_h0 needs lambda_ts > 0" in tune_fails([*common, "--adaptive_ratio_h0", "1", "--lambda_ts", "0"], capsys)
+        [*common, "--regularizer", "l2", "--adaptive_ratio_h0", "0.1"], capsys
+    )
+    assert "adaptive_ratio_h0 must be a finite number >= 0" in tune_fails(
+        [*common, "--adaptive_ratio_h0", "-1"], capsys
+    )
+    assert "adaptive_ratio_h0 needs lambda_ts > 0" in tune_fails(
+        [*common, "--adaptive_ratio_h0", "1", "--lambda_ts", "0"], capsys
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -247,8 +294,20 @@ def trained(tmp_path_factory, tiny_llama_dir, gsm8k_dir) -> dict[str, Path]:
     dirs = {}
     for method in DEEP:
         extra = {"prefix_hidden_size": 24} if method == "prefix" else {}
-        summary = run(_config(tiny_llama_dir, gsm8k_dir, root / method, method=method, init="peft", max_steps=3,
-                              topology_every=3, save_every=2, regularizer="tsloss", **extra))
+        summary = run(
+            _config(
+                tiny_llama_dir,
+                gsm8k_dir,
+                root / method,
+                method=method,
+                init="peft",
+                max_steps=3,
+                topology_every=3,
+                save_every=2,
+                regularizer="tsloss",
+                **extra,
+            )
+        )
         dirs[method] = Path(summary["prompt_dir"])
     return dirs
 
@@ -268,13 +327,18 @@ def compared(tmp_path_factory, tiny_llama_dir, trained, tasks_dir, env):
         bs = 1 if method == "prefix" else 4
         specs[f"{method}_tsprompt_bs{bs}"] = ("tsprompt", f"{base},prompt={prompt_dir}", tasks, bs)
     (tasks_dir / "offline" / "tsprompt_test_mc.yaml").write_text(MC_TASK)
-    clean_env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    clean_env = {
+        k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     procs = {}
     for name, (model, model_args, task_list, bs) in specs.items():
         args = lm_eval_args(model, model_args, task_list, tasks_dir, root / name, bs, limit=3)
         procs[name] = (start_lm_eval(args, clean_env, root / f"{name}.log"), root / f"{name}.log", root / name)
     try:
-        yield {name: {"stdout": finish_lm_eval(proc, log), **read_lm_eval_output(out)} for name, (proc, log, out) in procs.items()}
+        yield {
+            name: {"stdout": finish_lm_eval(proc, log), **read_lm_eval_output(out)}
+            for name, (proc, log, out) in procs.items()
+        }
     finally:
         for proc, _, _ in procs.values():
             if proc.poll() is None:
@@ -341,7 +405,7 @@ def _greedy_through_peft_forward(model, ids: list[int], new_tokens: int) -> list
     with torch.no_grad():
         for _ in range(new_tokens):
             seq = torch.cat([seq, model(input_ids=seq).logits[:, -1:].argmax(-1)], dim=1)
-    return seq[0, len(ids):].tolist()
+    return seq[0, len(ids) :].tolist()
 
 
 @pytest.mark.slow
@@ -356,7 +420,9 @@ def test_tsprompt_generation_equals_greedy_through_peft_forward(method, trained,
     from tsloss_harness.evaluation import TSPromptLM
 
     lm = TSPromptLM(pretrained=str(tiny_llama_dir), prompt=str(trained[method]), device="cpu", dtype="float32")
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(trained[method])).eval()
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), str(trained[method])
+    ).eval()
     g = torch.Generator().manual_seed(1)
     contexts = [torch.randint(4, 500, (n,), generator=g).tolist() for n in (9, 15, 12)]
     pad = lm.tokenizer.pad_token_id
@@ -390,5 +456,7 @@ def test_tsprompt_refuses_a_prefix_for_another_model(trained, tiny_tokenizer_dir
     other = tiny.build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir, num_hidden_layers=3)
     with pytest.raises(PromptLoadError) as err:
         TSPromptLM(pretrained=str(other), prompt=str(trained["ptuning_v2"]), device="cpu")
-    assert str(err.value) == (f"{trained['ptuning_v2']}: prefix width 128 (2 layers x 2 x 32) does not match the "
-                              "model's key/value width 192 (3 layers x 2 x 32)")
+    assert str(err.value) == (
+        f"{trained['ptuning_v2']}: prefix width 128 (2 layers x 2 x 32) does not match the "
+        "model's key/value width 192 (3 layers x 2 x 32)"
+    )

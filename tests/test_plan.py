@@ -187,6 +187,18 @@ def test_linear_is_torch_s_again_after_a_zero3_run(tiny_llama_dir, gsm8k_dir, tm
 
     z3 = Path(__file__).resolve().parent.parent / "ds_configs" / "z3.json"
     linear = F.linear
-    run(TuneConfig(model=str(tiny_llama_dir), data_dir=str(gsm8k_dir), num_samples=1, batch_size=1, max_steps=1,
-                   eval_every=0, topology_every=0, progress=False, output_dir=str(tmp_path / "run"), ds_config=str(z3)))
+    run(
+        TuneConfig(
+            model=str(tiny_llama_dir),
+            data_dir=str(gsm8k_dir),
+            num_samples=1,
+            batch_size=1,
+            max_steps=1,
+            eval_every=0,
+            topology_every=0,
+            progress=False,
+            output_dir=str(tmp_path / "run"),
+            ds_config=str(z3),
+        )
+    )
     assert F.linear is linear

@@ -77,7 +77,9 @@ def test_make_prompt_config_is_causal_lm_prompt_tuning_with_random_init(prompt_c
     assert prompt_config.task_type == TaskType.CAUSAL_LM
     assert prompt_config.prompt_tuning_init == PromptTuningInit.RANDOM
     assert prompt_config.num_transformer_submodules == 1
-    text = make_prompt_config("m", num_virtual_tokens=2, token_dim=8, num_layers=1, num_attention_heads=1, init="text:Solve")
+    text = make_prompt_config(
+        "m", num_virtual_tokens=2, token_dim=8, num_layers=1, num_attention_heads=1, init="text:Solve"
+    )
     assert text.prompt_tuning_init == PromptTuningInit.RANDOM and text.tokenizer_name_or_path is None
 
 
@@ -96,7 +98,11 @@ def test_make_prompt_config_rejects_bad_values(kwargs):
 
 def test_round_trip_ours_peft_raw_ours_is_bit_identical(tmp_path, tiny_llama_dir, prompt_config, embeddings):
     first = save_prompt(tmp_path / "first", embeddings, peft_config=prompt_config, provenance={"method": "tsloss"})
-    assert sorted(p.name for p in first.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "tsloss.json"]
+    assert sorted(p.name for p in first.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tsloss.json",
+    ]
 
     through_peft = _peft_prompt(tiny_llama_dir, first)
     assert torch.equal(through_peft, embeddings)
@@ -111,7 +117,10 @@ def test_round_trip_ours_peft_raw_ours_is_bit_identical(tmp_path, tiny_llama_dir
         assert load_provenance(tmp_path / name) is None
 
     second = save_prompt(
-        tmp_path / "second", load_prompt(tmp_path / "authors.pt"), peft_config=prompt_config, provenance={"method": "tsloss"}
+        tmp_path / "second",
+        load_prompt(tmp_path / "authors.pt"),
+        peft_config=prompt_config,
+        provenance={"method": "tsloss"},
     )
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
@@ -143,7 +152,9 @@ def test_files_match_what_peft_save_pretrained_writes(tmp_path, tiny_llama_dir, 
     for d in (ours, tmp_path / "peft"):
         with safe_open(d / "adapter_model.safetensors", "pt") as f:
             assert list(f.keys()) == ["prompt_embeddings"] and f.metadata() == {"format": "pt"}
-    assert (ours / "adapter_model.safetensors").read_bytes() == (tmp_path / "peft/adapter_model.safetensors").read_bytes()
+    assert (ours / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "peft/adapter_model.safetensors"
+    ).read_bytes()
     assert torch.equal(load_prompt(tmp_path / "peft"), embeddings)
     assert load_provenance(tmp_path / "peft") is None
     assert load_peft_config(ours).to_dict() == load_peft_config(tmp_path / "peft").to_dict()
@@ -164,7 +175,9 @@ def test_prefix_tuning_adapters_use_the_same_directory(tmp_path, tiny_llama_dir)
     # Prefix tuning stores [P, num_layers * 2 * token_dim]; the API does not change for it.
     from peft import PrefixTuningConfig, get_peft_model
 
-    peft_model = get_peft_model(_base_model(tiny_llama_dir), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    peft_model = get_peft_model(
+        _base_model(tiny_llama_dir), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
     peft_model.save_pretrained(tmp_path / "peft")
     config = load_peft_config(tmp_path / "peft")
     prefix = load_prompt(tmp_path / "peft")
@@ -180,7 +193,9 @@ def test_prefix_projection_adapters_load_as_their_prefix(tmp_path, tiny_llama_di
 
     from tsloss_harness.prompt import expected_embedding_shape, make_method_config
 
-    config = make_method_config("prefix", str(tiny_llama_dir), model_config, num_virtual_tokens=3, encoder_hidden_size=8)
+    config = make_method_config(
+        "prefix", str(tiny_llama_dir), model_config, num_virtual_tokens=3, encoder_hidden_size=8
+    )
     d_kv = model_config.num_key_value_heads * model_config.head_dim
     assert (config.prefix_projection, config.token_dim, config.encoder_hidden_size) == (True, d_kv, 8)
     torch.manual_seed(0)

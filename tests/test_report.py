@@ -27,8 +27,9 @@ from tsloss_harness.tune import TuneConfig
 P, D = 8, 6
 
 
-def write_synthetic_run(path: Path, *, regularizer: str = "tsloss", seed: int = 0, steps: int = 20,
-                        every: int = 5, num_samples: int = 1) -> Path:
+def write_synthetic_run(
+    path: Path, *, regularizer: str = "tsloss", seed: int = 0, steps: int = 20, every: int = 5, num_samples: int = 1
+) -> Path:
     """A run directory as the tuner writes it: the prompt drifts from N(0, 0.02²) noise towards two
     clusters while accuracy rises; topology is the real ``prompt_topology`` of the saved prompts."""
     rng = np.random.default_rng(seed)
@@ -41,18 +42,37 @@ def write_synthetic_run(path: Path, *, regularizer: str = "tsloss", seed: int = 
         target = np.repeat(rng.normal(0, 0.3, (2, D)), P // 2, axis=0)
     target += rng.normal(0, 0.01, (P, D))
     speed = 1.0 if regularizer == "none" else 1.6
-    config = dataclasses.asdict(TuneConfig(model="/models/tiny-llama", output_dir=str(path), regularizer=regularizer,
-                                           seed=seed, num_samples=num_samples, max_steps=steps, eval_every=every,
-                                           topology_every=every, save_every=every))
+    config = dataclasses.asdict(
+        TuneConfig(
+            model="/models/tiny-llama",
+            output_dir=str(path),
+            regularizer=regularizer,
+            seed=seed,
+            num_samples=num_samples,
+            max_steps=steps,
+            eval_every=every,
+            topology_every=every,
+            save_every=every,
+        )
+    )
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    peft_config = make_prompt_config(config["model"], num_virtual_tokens=P, token_dim=D, num_layers=2, num_attention_heads=2)
+    peft_config = make_prompt_config(
+        config["model"], num_virtual_tokens=P, token_dim=D, num_layers=2, num_attention_heads=2
+    )
     records, converged = [], None
     for step in range(1, steps + 1):
         t = min(1.0, speed * step / steps)
         ce = float(2.5 * np.exp(-4 * t) + 0.05 * rng.random())
-        record = {"step": step, "epoch": float(step), "lr": 5e-5 * (1 - t), "loss": ce + 0.1 * (1 - t), "ce": ce,
-                  "reg": 0.1 * (1 - t), "samples_per_s": 10.0}
+        record = {
+            "step": step,
+            "epoch": float(step),
+            "lr": 5e-5 * (1 - t),
+            "loss": ce + 0.1 * (1 - t),
+            "ce": ce,
+            "reg": 0.1 * (1 - t),
+            "samples_per_s": 10.0,
+        }
         if step % every == 0:
             points = (1 - t) * start + t * target
             metrics = prompt_topology(points)
@@ -60,15 +80,32 @@ def write_synthetic_run(path: Path, *, regularizer: str = "tsloss", seed: int = 
             record["accuracy"] = float(min(1.0, round(step / steps + 0.3 * rng.random(), 2)))
             if record["accuracy"] == 1.0 and converged is None:
                 converged = step
-            save_prompt(path / "checkpoints" / f"step-{step}", torch.tensor(points, dtype=torch.float32),
-                        peft_config=peft_config, provenance={"step": step, "seed": seed, "regularizer": regularizer,
-                                                                "topology": {k: metrics[k] for k in METRIC_KEYS}})
+            save_prompt(
+                path / "checkpoints" / f"step-{step}",
+                torch.tensor(points, dtype=torch.float32),
+                peft_config=peft_config,
+                provenance={
+                    "step": step,
+                    "seed": seed,
+                    "regularizer": regularizer,
+                    "topology": {k: metrics[k] for k in METRIC_KEYS},
+                },
+            )
         records.append(record)
     shutil.copytree(path / "checkpoints" / f"step-{steps}", path / "prompt")
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = {"converged_step": converged, "steps": steps, "total_steps": steps, "epochs": float(steps),
-               "world_size": 1, "wall_time_s": 1.5, "samples_per_s": 10.0, "final": records[-1],
-               "prompt_dir": str(path / "prompt"), "config": config}
+    summary = {
+        "converged_step": converged,
+        "steps": steps,
+        "total_steps": steps,
+        "epochs": float(steps),
+        "world_size": 1,
+        "wall_time_s": 1.5,
+        "samples_per_s": 10.0,
+        "final": records[-1],
+        "prompt_dir": str(path / "prompt"),
+        "config": config,
+    }
     (path / "summary.json").write_text(json.dumps(summary, indent=2))
     return path
 
@@ -121,7 +158,9 @@ def test_single_run_without_checkpoints_or_topology(tmp_path):
     shutil.rmtree(run_dir / "checkpoints")
     shutil.rmtree(run_dir / "prompt")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in METRIC_KEYS}) + "\n" for r in lines))
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k not in METRIC_KEYS}) + "\n" for r in lines)
+    )
     built = report.build_report([report.load_run(run_dir)])
     assert [b[1] for b in built.blocks if b[0] == "figure"] == ["training"]
     text = " ".join(b[1] for b in built.blocks if b[0] == "p")
@@ -154,7 +193,9 @@ def test_table2_falls_back_to_checkpoint_topology(runs_root, tmp_path):
     shutil.copytree(runs_root / "tsloss-s0", run_dir)
     full = report.table2([report.load_run(run_dir)])
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in METRIC_KEYS}) + "\n" for r in lines))
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k not in METRIC_KEYS}) + "\n" for r in lines)
+    )
     fallback = report.table2([report.load_run(run_dir)])
     for key in METRIC_KEYS:  # tsloss.json stores the float32 prompt's topology: equal to float32 precision
         for stat in ("n", "mannwhitney_u", "spearman_rho"):
@@ -208,8 +249,17 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium (Debian package chromium) is not installed")
 def test_chromium_screenshot_shows_the_figures(html_report, tmp_path):
     shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2400",
-           f"--screenshot={shot}", f"--user-data-dir={tmp_path / 'profile'}", html_report.resolve().as_uri()]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1280,2400",
+        f"--screenshot={shot}",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        html_report.resolve().as_uri(),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     image = _image(shot.read_bytes())[..., :3]
     assert image.shape[:2] == (2400, 1280)

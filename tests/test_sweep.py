@@ -39,18 +39,26 @@ def _write(path: Path, config: dict) -> Path:
 
 
 def test_grid_cells_directories_and_values(tmp_path):
-    config = parse_sweep_config({
-        "output_dir": str(tmp_path / "out"), "model": "org/base-model", "data_dir": "generated",
-        "tune": {"lr": 0.02, "eval_every": 5},
-        "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1]},
-        "settings": {"single": 1, "multi": {"num_samples": 10, "tune": {"lr": 0.03, "batch_size": 4},
-                                            "axes": {"regularizer": ["none"]}}},
-        "seeds": [3, 7],
-    })
+    config = parse_sweep_config(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": "org/base-model",
+            "data_dir": "generated",
+            "tune": {"lr": 0.02, "eval_every": 5},
+            "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1]},
+            "settings": {
+                "single": 1,
+                "multi": {"num_samples": 10, "tune": {"lr": 0.03, "batch_size": 4}, "axes": {"regularizer": ["none"]}},
+            },
+            "seeds": [3, 7],
+        }
+    )
     cells = grid.expand(config)
     assert len(cells) == 2 * 2 * 2 + 1 * 2 * 2  # single: 2 regs x 2 lambdas x 2 seeds; multi: 1 x 2 x 2
     first = cells[0]
-    assert first.dir == (tmp_path / "out" / "setting=single" / "regularizer=none" / "lambda_ts=0.5" / "seed=3").resolve()
+    assert (
+        first.dir == (tmp_path / "out" / "setting=single" / "regularizer=none" / "lambda_ts=0.5" / "seed=3").resolve()
+    )
     assert first.name == "setting=single/regularizer=none/lambda_ts=0.5/seed=3"
     assert first.key == {"setting": "single", "regularizer": "none", "lambda_ts": 0.5, "seed": 3}
     by_name = {c.name: c.values for c in cells}
@@ -58,11 +66,18 @@ def test_grid_cells_directories_and_values(tmp_path):
     multi = by_name["setting=multi/regularizer=none/lambda_ts=0.5/seed=3"]
     # tune < the setting's tune < the cell's axis values; the sweep derives batch, accuracy rows, data, seed
     assert (single["lr"], single["regularizer"], single["lambda_ts"], single["seed"]) == (0.02, "tsloss", 1, 7)
-    assert (single["num_samples"], single["batch_size"], single["eval_max_samples"], single["eval_every"]) == (1, 1, 1, 5)
+    assert (single["num_samples"], single["batch_size"], single["eval_max_samples"], single["eval_every"]) == (
+        1,
+        1,
+        1,
+        5,
+    )
     assert (multi["lr"], multi["num_samples"], multi["batch_size"], multi["eval_max_samples"]) == (0.03, 10, 4, 10)
     assert single["data_dir"] == str((tmp_path / "out" / "data" / "gsm8k-seed7-1").resolve())
     assert multi["data_dir"] == str((tmp_path / "out" / "data" / "gsm8k-seed3-10").resolve())
-    assert single["output_dir"] == str((tmp_path / "out" / "setting=single" / "regularizer=tsloss" / "lambda_ts=1" / "seed=7" / "tune").resolve())
+    assert single["output_dir"] == str(
+        (tmp_path / "out" / "setting=single" / "regularizer=tsloss" / "lambda_ts=1" / "seed=7" / "tune").resolve()
+    )
     assert single["model"] == "org/base-model" and single["progress"] is False
     assert not [c for c in cells if c.key["setting"] == "multi" and c.key["regularizer"] == "tsloss"]
     assert not (tmp_path / "out").exists()  # expanding writes nothing
@@ -92,8 +107,15 @@ def test_convergence_protocol_config_keeps_the_protocol():
     }
     for c in cells:
         v, w = c.values, want[c.key["setting"]]
-        assert (v["num_samples"], v["batch_size"], v.get("num_virtual_tokens"), v["lr"], v["eval_every"]) == tuple(w.values())
-        assert (v["max_steps"], v["stop_at_convergence"], v["topology_every"], v["eval_max_samples"]) == (600, True, 0, w["num_samples"])
+        assert (v["num_samples"], v["batch_size"], v.get("num_virtual_tokens"), v["lr"], v["eval_every"]) == tuple(
+            w.values()
+        )
+        assert (v["max_steps"], v["stop_at_convergence"], v["topology_every"], v["eval_max_samples"]) == (
+            600,
+            True,
+            0,
+            w["num_samples"],
+        )
         assert v["model"] == "testbed" and v["data_dir"].endswith(f"gsm8k-seed{c.key['seed']}-{w['num_samples']}")
     assert config.baseline == {"regularizer": "none"} and config.seed_list() == list(range(20))
 
@@ -140,8 +162,15 @@ def test_bad_config_file_fails_in_one_line(tmp_path, capsys):
     assert tsloss(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tsloss sweep: config file not found") and "\n" not in err
-    path = _write(tmp_path / "bad.yaml", {"output_dir": str(tmp_path / "out"), "axes": {"lr": ["fast"]},
-                                          "tune": {"num_samples": 1}, "model": str(tmp_path)})
+    path = _write(
+        tmp_path / "bad.yaml",
+        {
+            "output_dir": str(tmp_path / "out"),
+            "axes": {"lr": ["fast"]},
+            "tune": {"num_samples": 1},
+            "model": str(tmp_path),
+        },
+    )
     assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 2
     assert "not a number: 'fast'" in capsys.readouterr().err  # the tuner's own parsing, before anything runs
 
@@ -155,7 +184,10 @@ def test_reuse_tolerates_fields_added_at_their_default():
     stored = dict(resolved)
     del stored["max_grad_norm"]  # as if the run predates the field; the new value is its default
     assert grid.config_diff(stored, resolved, TuneConfig) is None
-    assert grid.config_diff(stored, {**resolved, "max_grad_norm": 0.5}, TuneConfig) == "max_grad_norm: (absent, default 1.0) -> 0.5"
+    assert (
+        grid.config_diff(stored, {**resolved, "max_grad_norm": 0.5}, TuneConfig)
+        == "max_grad_norm: (absent, default 1.0) -> 0.5"
+    )
     assert grid.config_diff(stored, {**resolved, "seed": 4}, TuneConfig) == "seed: 3 -> 4"
     assert grid.config_diff({**stored, "resume": True, "output_dir": "elsewhere"}, resolved, TuneConfig) is None
     assert "no longer has: gone" in grid.config_diff({**resolved, "gone": 1}, resolved, TuneConfig)
@@ -178,23 +210,49 @@ def test_convergence_ratios_from_converged_steps():
     """Per group of cells differing only in the baseline axis and seed: unpaired over converged runs,
     paired over the seeds where both converged; 0 and 0.0 are one axis value."""
     steps = {  # (setting, lambda_ts, seed) -> converged_step (None: did not converge)
-        ("single", 0.0, 0): 20, ("single", 0.0, 1): 40, ("single", 0.0, 2): None, ("single", 0.0, 3): 30,
-        ("single", 0.5, 0): 10, ("single", 0.5, 1): 30, ("single", 0.5, 2): 50, ("single", 0.5, 3): 36,
-        ("multi", 0.0, 0): 100, ("multi", 1.0, 0): 80,
+        ("single", 0.0, 0): 20,
+        ("single", 0.0, 1): 40,
+        ("single", 0.0, 2): None,
+        ("single", 0.0, 3): 30,
+        ("single", 0.5, 0): 10,
+        ("single", 0.5, 1): 30,
+        ("single", 0.5, 2): 50,
+        ("single", 0.5, 3): 36,
+        ("multi", 0.0, 0): 100,
+        ("multi", 1.0, 0): 80,
     }
-    cells = [CellResult(key={"setting": s, "lambda_ts": lam, "seed": seed}, finished=True, converged_step=v, scores={})
-             for (s, lam, seed), v in steps.items()]
-    cells.append(CellResult(key={"setting": "single", "lambda_ts": 0.5, "seed": 9}, finished=False, converged_step=None, scores={}))
+    cells = [
+        CellResult(key={"setting": s, "lambda_ts": lam, "seed": seed}, finished=True, converged_step=v, scores={})
+        for (s, lam, seed), v in steps.items()
+    ]
+    cells.append(
+        CellResult(
+            key={"setting": "single", "lambda_ts": 0.5, "seed": 9}, finished=False, converged_step=None, scores={}
+        )
+    )
     single, multi = convergence_ratios(cells, {"lambda_ts": 0})
-    assert (single["group"], single["value"], multi["group"], multi["value"]) == ({"setting": "single"}, 0.5, {"setting": "multi"}, 1.0)
-    assert (single["converged"], single["runs"], single["baseline_converged"], single["baseline_runs"], single["pairs"]) == (4, 4, 3, 4, 3)
+    assert (single["group"], single["value"], multi["group"], multi["value"]) == (
+        {"setting": "single"},
+        0.5,
+        {"setting": "multi"},
+        1.0,
+    )
+    assert (
+        single["converged"],
+        single["runs"],
+        single["baseline_converged"],
+        single["baseline_runs"],
+        single["pairs"],
+    ) == (4, 4, 3, 4, 3)
     ratio, low, high = _delta_method_ratio([10, 30, 50, 36], [20, 40, 30])
     assert single["ratio"] == pytest.approx(ratio) and single["ci95"] == pytest.approx([low, high])
     logs = np.log([10 / 20, 30 / 40, 36 / 30])
     ci = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
     assert single["paired_ratio"] == pytest.approx(math.exp(logs.mean()))
     assert single["paired_ci95"] == pytest.approx([math.exp(ci.low), math.exp(ci.high)])
-    assert multi["ratio"] == pytest.approx(0.8) and multi["ci95"] == [None, None] and multi["paired_ci95"] == [None, None]
+    assert (
+        multi["ratio"] == pytest.approx(0.8) and multi["ci95"] == [None, None] and multi["paired_ci95"] == [None, None]
+    )
 
 
 # ----------------------------------------------------------------------------- on a real Ray cluster
@@ -206,8 +264,13 @@ def ray_cluster():
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2,
-             logging_level="WARNING")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=100 * 1024**2,
+        logging_level="WARNING",
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -267,12 +330,18 @@ def _ctrl_c_when(condition, root: Path, timeout: float = 300) -> dict:
 @pytest.mark.slow
 def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     root = tmp_path / "grid"
-    path = _write(tmp_path / "grid.yaml", {
-        "output_dir": str(root), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
-        "tune": {**TINY_TUNE, "num_samples": 2},
-        "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1.0]}, "seeds": 2,
-        "baseline": {"regularizer": "none"},
-    })
+    path = _write(
+        tmp_path / "grid.yaml",
+        {
+            "output_dir": str(root),
+            "model": str(tiny_llama_dir),
+            "data_dir": str(gsm8k_dir),
+            "tune": {**TINY_TUNE, "num_samples": 2},
+            "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1.0]},
+            "seeds": 2,
+            "baseline": {"regularizer": "none"},
+        },
+    )
     # 1. Ctrl-C the sweep once two cells finished: it stops the running cells' processes and exits 130.
     ctrl_c = _ctrl_c_when(lambda: len(list(root.rglob("tune/summary.json"))) >= 2, root)
     try:
@@ -287,11 +356,21 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
 
     # 2. Run it again: only the unfinished cells run; the finished ones are untouched.
     result = run_sweep(load_sweep_config(path), address=ray_cluster, progress=False)
-    assert (result["cells"], result["ran"], result["reused"], result["failed"]) == (8, 8 - len(finished), len(finished), [])
-    assert all(cell.stat().st_mtime_ns == mtime for cell, mtime in
-               ((c / "tune" / "summary.json", m) for c, m in finished.items()))
+    assert (result["cells"], result["ran"], result["reused"], result["failed"]) == (
+        8,
+        8 - len(finished),
+        len(finished),
+        [],
+    )
+    assert all(
+        cell.stat().st_mtime_ns == mtime
+        for cell, mtime in ((c / "tune" / "summary.json", m) for c, m in finished.items())
+    )
     ratios = json.loads((root / "ratios.json").read_text())
-    assert sorted((r["group"]["lambda_ts"], r["value"], r["runs"]) for r in ratios) == [(0.5, "tsloss", 2), (1.0, "tsloss", 2)]
+    assert sorted((r["group"]["lambda_ts"], r["value"], r["runs"]) for r in ratios) == [
+        (0.5, "tsloss", 2),
+        (1.0, "tsloss", 2),
+    ]
 
     # 3. Every cell equals its run by hand.
     config = load_sweep_config(path)
@@ -303,20 +382,33 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
         assert ran == [json.loads(line)["loss"] for line in (hand / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((cell.run_dir / "summary.json").read_text())["config"]
         assert (summary["regularizer"], summary["lambda_ts"], summary["seed"]) == (
-            cell.key["regularizer"], cell.key["lambda_ts"], cell.key["seed"])
+            cell.key["regularizer"],
+            cell.key["lambda_ts"],
+            cell.key["seed"],
+        )
 
 
 @pytest.mark.slow
-def test_killed_cell_is_retried_from_its_checkpoint_and_a_failing_cell_is_reported(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path):
+def test_killed_cell_is_retried_from_its_checkpoint_and_a_failing_cell_is_reported(
+    ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path
+):
     bad = tmp_path / "bad"
     write_jsonl([{"question": "What is 2 plus 3?"}], bad / "train.jsonl")  # no answer: bad data
     root = tmp_path / "kill"
     tune = {**TINY_TUNE, "max_steps": 40, "save_every": 1, "warmup_ratio": 0.1}
-    path = _write(tmp_path / "kill.yaml", {
-        "output_dir": str(root), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir), "tune": tune,
-        "settings": {"good": 3, "bad": {"num_samples": 1, "tune": {"data_dir": str(bad)}}},
-        "axes": {"regularizer": ["tsloss"]}, "seeds": [0], "retries": 1,
-    })
+    path = _write(
+        tmp_path / "kill.yaml",
+        {
+            "output_dir": str(root),
+            "model": str(tiny_llama_dir),
+            "data_dir": str(gsm8k_dir),
+            "tune": tune,
+            "settings": {"good": 3, "bad": {"num_samples": 1, "tune": {"data_dir": str(bad)}}},
+            "axes": {"regularizer": ["tsloss"]},
+            "seeds": [0],
+            "retries": 1,
+        },
+    )
     good = root / "setting=good" / "regularizer=tsloss" / "seed=0"
     result: dict = {}
     sweep = threading.Thread(target=lambda: result.update(run_sweep(load_sweep_config(path), progress=False)))
@@ -332,13 +424,15 @@ def test_killed_cell_is_retried_from_its_checkpoint_and_a_failing_cell_is_report
     finally:
         sweep.join(timeout=600)
     assert killed is not None, "the cell finished before it could be killed"
-    (failed_name, failed_error), = result["failed"]
+    ((failed_name, failed_error),) = result["failed"]
     assert failed_name == "setting=bad/regularizer=tsloss/seed=0"
     assert failed_error.startswith("tsloss tune: ") and "answer" in failed_error
     bad_record = json.loads((root / failed_name / "cell.json").read_text())
     assert bad_record["state"] == "failed" and len(bad_record["attempts"]) == 1  # bad input: not retried
     first, second = json.loads((good / "cell.json").read_text())["attempts"]
-    assert first["error"].startswith("killed by SIGKILL") and second["ok"] and second["resumed_from"].startswith("step-")
+    assert (
+        first["error"].startswith("killed by SIGKILL") and second["ok"] and second["resumed_from"].startswith("step-")
+    )
     assert "resume from step-" in (good / "tune.log").read_text()
     config = grid.expand(load_sweep_config(path))[0]
     grid.prepare([config])
@@ -364,8 +458,9 @@ def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path):
 
         marker = task._Marker(Path(cell_dir) / "running.json", "token")
         threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-        return task._run_child(["/bin/sleep", "300"], Path(cell_dir) / "log", "sleep", dict(os.environ), Path(cell_dir),
-                               marker, "tune")[0]
+        return task._run_child(
+            ["/bin/sleep", "300"], Path(cell_dir) / "log", "sleep", dict(os.environ), Path(cell_dir), marker, "tune"
+        )[0]
 
     ref = ray.remote(sleep_in_a_cell).options(max_retries=0).remote(str(tmp_path))
     with pytest.raises(ray.exceptions.WorkerCrashedError):
@@ -384,13 +479,27 @@ def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path):
 @pytest.fixture(scope="module")
 def scored_sweep(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("scored")
-    path = _write(root / "scored.yaml", {
-        "output_dir": str(root / "out"), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
-        "tune": {**TINY_TUNE, "num_samples": 2, "regularizer": "tsloss"}, "seeds": [1],
-        "eval": {"tasks": ["gsm8k_offline"], "limit": 3, "batch_size": 2, "gen_kwargs": "max_gen_toks=12",
-                 "device": "cpu", "model_args": {"dtype": "float32"}, "log_samples": True, "no_prompt": True,
-                 "env": {"TSLOSS_GSM8K_DIR": str(gsm8k_dir)}},
-    })
+    path = _write(
+        root / "scored.yaml",
+        {
+            "output_dir": str(root / "out"),
+            "model": str(tiny_llama_dir),
+            "data_dir": str(gsm8k_dir),
+            "tune": {**TINY_TUNE, "num_samples": 2, "regularizer": "tsloss"},
+            "seeds": [1],
+            "eval": {
+                "tasks": ["gsm8k_offline"],
+                "limit": 3,
+                "batch_size": 2,
+                "gen_kwargs": "max_gen_toks=12",
+                "device": "cpu",
+                "model_args": {"dtype": "float32"},
+                "log_samples": True,
+                "no_prompt": True,
+                "env": {"TSLOSS_GSM8K_DIR": str(gsm8k_dir)},
+            },
+        },
+    )
     return path, run_sweep(load_sweep_config(path), progress=False)
 
 
@@ -399,8 +508,15 @@ def test_eval_stage_equals_lm_eval_by_hand(scored_sweep, tiny_llama_dir, env, tm
     path, result = scored_sweep
     assert (result["ran"], result["failed"]) == (1, [])
     cell = Path(load_sweep_config(path).output_dir) / "seed=1"
-    args = lm_eval_args("tsprompt", f"pretrained={tiny_llama_dir},prompt={cell / 'tune' / 'prompt'}", "gsm8k_offline",
-                        REPO / "tasks", tmp_path / "hand", batch_size=2, limit=3)
+    args = lm_eval_args(
+        "tsprompt",
+        f"pretrained={tiny_llama_dir},prompt={cell / 'tune' / 'prompt'}",
+        "gsm8k_offline",
+        REPO / "tasks",
+        tmp_path / "hand",
+        batch_size=2,
+        limit=3,
+    )
     finish_lm_eval(start_lm_eval(args, env, tmp_path / "hand.log"), tmp_path / "hand.log")
     hand, swept = read_lm_eval_output(tmp_path / "hand"), read_lm_eval_output(cell / "eval")
     assert compare_samples(hand, swept, "gsm8k") == 3
@@ -434,10 +550,19 @@ def test_finished_cells_are_reused_and_a_changed_config_is_reported(scored_sweep
 
 @pytest.mark.slow
 def test_a_cell_no_node_can_hold_is_refused(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
-    path = _write(tmp_path / "gpu.yaml", {
-        "output_dir": str(tmp_path / "out"), "model": str(tiny_llama_dir), "data_dir": str(gsm8k_dir),
-        "tune": {**TINY_TUNE, "num_samples": 1}, "resources": {"num_cpus": 1, "num_gpus": 2},
-    })
+    path = _write(
+        tmp_path / "gpu.yaml",
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": str(tiny_llama_dir),
+            "data_dir": str(gsm8k_dir),
+            "tune": {**TINY_TUNE, "num_samples": 1},
+            "resources": {"num_cpus": 1, "num_gpus": 2},
+        },
+    )
     assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 2
-    assert "tsloss sweep: cell seed=0 asks for 1 CPU(s) and 2 GPU(s); the largest node has 2 and 0" in capsys.readouterr().err
+    assert (
+        "tsloss sweep: cell seed=0 asks for 1 CPU(s) and 2 GPU(s); the largest node has 2 and 0"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "out" / "seed=0" / "tune").exists()

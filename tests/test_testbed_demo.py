@@ -61,7 +61,9 @@ def _answer_scores(model_dir: Path, prompt_dir: Path, rows: list[dict]) -> dict[
         answer = torch.tensor(whole[-n_answer:])
         with torch.no_grad():  # counted from the end: PEFT puts the virtual tokens first
             logits = model(torch.tensor([whole[:-1]])).logits[0, -n_answer:]
-        return -logits.log_softmax(-1).gather(1, answer[:, None]).sum().item(), bool((logits.argmax(-1) == answer).all())
+        return -logits.log_softmax(-1).gather(1, answer[:, None]).sum().item(), bool(
+            (logits.argmax(-1) == answer).all()
+        )
 
     models = {"hf": base(), "tsprompt": PeftModel.from_pretrained(base(), str(prompt_dir)).eval()}
     result = {}
@@ -79,8 +81,20 @@ def _demo_env(tmp_path: Path) -> dict:
 @pytest.mark.slow
 def test_demo_end_to_end(quick_testbed_dir, tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "tsloss_harness.cli", "demo", "--model", str(quick_testbed_dir),
-           "--steps", "10", "--num_samples", "2", "--output_dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tsloss_harness.cli",
+        "demo",
+        "--model",
+        str(quick_testbed_dir),
+        "--steps",
+        "10",
+        "--num_samples",
+        "2",
+        "--output_dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=_demo_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
@@ -92,7 +106,13 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
     tune = summary["tune"]
     assert tune["steps"] == 10 and (out / "tune" / "prompt" / "tsloss.json").is_file()
     assert tune["ce_final"] < tune["ce_first"]  # 10 steps at lr 0.01 on a pretrained testbed already move it
-    assert sorted(p.name for p in (out / "tune" / "checkpoints").iterdir()) == ["step-10", "step-2", "step-4", "step-6", "step-8"]
+    assert sorted(p.name for p in (out / "tune" / "checkpoints").iterdir()) == [
+        "step-10",
+        "step-2",
+        "step-4",
+        "step-6",
+        "step-8",
+    ]
 
     with_prompt, without = summary["lm_eval"]["tsprompt"], summary["lm_eval"]["hf"]
     # Each score, derived without lm-eval's metrics: exact match from the logged generations, the answer's
@@ -130,7 +150,11 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
         assert f'<figure id="{figure}">' in html
 
     # The printed summary names the scores and where everything is.
-    assert "lm-eval with prompt" in proc.stdout and "lm-eval without prompt" in proc.stdout and str(out / "report.html") in proc.stdout
+    assert (
+        "lm-eval with prompt" in proc.stdout
+        and "lm-eval without prompt" in proc.stdout
+        and str(out / "report.html") in proc.stdout
+    )
     assert set(summary["timings_s"]) == {"model", "data", "tune", "lm_eval", "report", "total"}
 
 
@@ -155,7 +179,12 @@ def test_bad_requests_fail_in_one_line_before_any_work(argv, message, tmp_path, 
 @pytest.mark.slow
 def test_too_many_rows_for_the_testbed_hold_out(quick_testbed_dir, tmp_path, capsys):
     # quick: 4,000 generated rows, 80 held out; more would mix in rows the testbed was trained on.
-    assert tsloss(["demo", "--model", str(quick_testbed_dir), "--num_samples", "81", "--output_dir", str(tmp_path / "out")]) == 2
+    assert (
+        tsloss(
+            ["demo", "--model", str(quick_testbed_dir), "--num_samples", "81", "--output_dir", str(tmp_path / "out")]
+        )
+        == 2
+    )
     assert capsys.readouterr().err == "tsloss demo: --num_samples 81: the testbed holds out only 80 rows\n"
 
 

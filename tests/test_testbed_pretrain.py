@@ -57,7 +57,9 @@ def test_build_is_deterministic_and_loads(tmp_path, gsm8k_dir):
 def test_seed_changes_weights(tmp_path, gsm8k_dir):
     a = _few_steps(tmp_path / "a", gsm8k_dir / "train.jsonl", cache=False, seed=0)
     b = _few_steps(tmp_path / "b", gsm8k_dir / "train.jsonl", cache=False, seed=1)
-    assert not torch.equal(load_file(a / "model.safetensors")["lm_head.weight"], load_file(b / "model.safetensors")["lm_head.weight"])
+    assert not torch.equal(
+        load_file(a / "model.safetensors")["lm_head.weight"], load_file(b / "model.safetensors")["lm_head.weight"]
+    )
 
 
 @pytest.mark.slow
@@ -140,8 +142,14 @@ def _answer_ce_curve(model_dir: Path, data_dir: Path, out_dir: Path, steps: int)
     from tsloss_harness.tune import TuneConfig, run
 
     config = TuneConfig(
-        model=str(model_dir), dataset="gsm8k", data_dir=str(data_dir), num_samples=1, output_dir=str(out_dir),
-        **{**testbed.TUNE_DEFAULTS, "max_steps": steps, "eval_every": 0}, topology_every=0, progress=False,
+        model=str(model_dir),
+        dataset="gsm8k",
+        data_dir=str(data_dir),
+        num_samples=1,
+        output_dir=str(out_dir),
+        **{**testbed.TUNE_DEFAULTS, "max_steps": steps, "eval_every": 0},
+        topology_every=0,
+        progress=False,
     )
     run(config)
     return [json.loads(line)["ce"] for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -168,7 +176,9 @@ def test_soft_prompt_steers_quick_testbed_not_random_fixture(quick_testbed_dir, 
 def test_other_archs_build_and_load(arch, tmp_path, gsm8k_dir):
     from transformers import AutoModelForCausalLM
 
-    out = testbed.build_testbed(tmp_path / arch, arch=arch, corpus=gsm8k_dir / "train.jsonl", size="quick", steps=2, cache=False, progress=False)
+    out = testbed.build_testbed(
+        tmp_path / arch, arch=arch, corpus=gsm8k_dir / "train.jsonl", size="quick", steps=2, cache=False, progress=False
+    )
     card = json.loads((out / "testbed.json").read_text())
     assert card["arch"] == arch and card["steps"] == 2
     assert type(AutoModelForCausalLM.from_pretrained(out)).__name__ == card["model_class"]

@@ -77,8 +77,16 @@ def test_model_dir_loads_and_generates(arch, tiny_model_dirs, tiny_tokenizer_dir
     assert 1e5 < sum(p.numel() for p in model.parameters()) < 1e6
     cfg, gen = model.config, model.generation_config
     assert cfg.vocab_size == len(tok) and cfg.max_position_embeddings == 2048
-    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
+    assert (gen.bos_token_id, gen.eos_token_id, gen.pad_token_id) == (
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
 
     # transformers 5 loads qwen2 dirs through Qwen2Tokenizer, which rebuilds its own pipeline (same
     # split, plus NFC): the model dir must still tokenize (NFC) text exactly like its tokenizer.
@@ -110,9 +118,15 @@ def test_weights_are_deterministic_per_seed(tmp_path, tiny_llama_dir, tiny_token
 
 def test_size_overrides_and_errors(tmp_path, tiny_tokenizer_dir):
     d = tiny.build_tiny_model(
-        "gemma", tmp_path / "big", tokenizer_dir=tiny_tokenizer_dir,
-        hidden_size=96, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
-        intermediate_size=160, vocab_size=2048,
+        "gemma",
+        tmp_path / "big",
+        tokenizer_dir=tiny_tokenizer_dir,
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        intermediate_size=160,
+        vocab_size=2048,
     )
     cfg = json.loads((d / "config.json").read_text())
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["head_dim"], cfg["vocab_size"]) == (96, 3, 16, 2048)

@@ -25,8 +25,18 @@ TRAIN_KEYS = {"step", "epoch", "lr", "loss", "ce", "reg", "samples_per_s"}
 
 def _config(model, data_dir, out, **overrides) -> TuneConfig:
     settings = dict(
-        model=str(model), data_dir=str(data_dir), output_dir=str(out), num_samples=4, batch_size=2, max_steps=4,
-        lr=0.01, warmup_ratio=0.0, eval_every=0, eval_max_samples=2, topology_every=0, progress=False,
+        model=str(model),
+        data_dir=str(data_dir),
+        output_dir=str(out),
+        num_samples=4,
+        batch_size=2,
+        max_steps=4,
+        lr=0.01,
+        warmup_ratio=0.0,
+        eval_every=0,
+        eval_max_samples=2,
+        topology_every=0,
+        progress=False,
     )
     return TuneConfig(**{**settings, **overrides})
 
@@ -62,11 +72,19 @@ def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_di
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     c = base.config
     peft_model = get_peft_model(
-        base, make_prompt_config(model_dir, num_virtual_tokens=5, token_dim=c.hidden_size,
-                                 num_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads)
+        base,
+        make_prompt_config(
+            model_dir,
+            num_virtual_tokens=5,
+            token_dim=c.hidden_size,
+            num_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+        ),
     )
     with torch.no_grad():
-        peft_model.prompt_encoder["default"].embedding.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        peft_model.prompt_encoder["default"].embedding.weight.normal_(
+            0, 0.5, generator=torch.Generator().manual_seed(0)
+        )
     rows = _tokenize(load_examples("gsm8k", gsm8k_dir, num_samples=3), tokenizer, None)
     input_ids, attention, labels = _collate(rows, tokenizer.pad_token_id)
     n_answer = int((labels != -100).sum())
@@ -89,7 +107,10 @@ def test_fused_cross_entropy_with_softcap_and_bias():
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(300, 16, generator=g, dtype=torch.float64, requires_grad=True)
-    weight, bias = torch.randn(70000, 16, generator=g, dtype=torch.float64), torch.randn(70000, generator=g, dtype=torch.float64)
+    weight, bias = (
+        torch.randn(70000, 16, generator=g, dtype=torch.float64),
+        torch.randn(70000, generator=g, dtype=torch.float64),
+    )
     targets = torch.randint(0, 70000, (300,), generator=g)
     ours = LinearCrossEntropy.apply(hidden, weight, bias, targets, 30.0)  # 70000 > one chunk of rows
     (ours_grad,) = torch.autograd.grad(ours * 2.0, hidden)
@@ -106,8 +127,18 @@ def test_fused_cross_entropy_with_softcap_and_bias():
 @pytest.mark.parametrize("arch", tiny.ARCHS)
 def test_one_process_run_and_output_schema(arch, tiny_model_dirs, short_dir, tmp_path):
     out = tmp_path / "run"
-    summary = run(_config(tiny_model_dirs[arch], short_dir, out, eval_every=2, topology_every=2, save_every=2,
-                          regularizer="tsloss", init="text:x " if arch == "qwen2" else "normal"))
+    summary = run(
+        _config(
+            tiny_model_dirs[arch],
+            short_dir,
+            out,
+            eval_every=2,
+            topology_every=2,
+            save_every=2,
+            regularizer="tsloss",
+            init="text:x " if arch == "qwen2" else "normal",
+        )
+    )
     lines = _lines(out / "metrics.jsonl")
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     for r in lines:
@@ -120,8 +151,18 @@ def test_one_process_run_and_output_schema(arch, tiny_model_dirs, short_dir, tmp
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    assert {"converged_step", "steps", "total_steps", "epochs", "world_size", "wall_time_s", "samples_per_s",
-            "final", "prompt_dir", "config"} <= on_disk.keys()
+    assert {
+        "converged_step",
+        "steps",
+        "total_steps",
+        "epochs",
+        "world_size",
+        "wall_time_s",
+        "samples_per_s",
+        "final",
+        "prompt_dir",
+        "config",
+    } <= on_disk.keys()
     assert on_disk["steps"] == 4 and on_disk["world_size"] == 1 and on_disk["final"]["step"] == 4
     assert on_disk["config"]["model"] == str(tiny_model_dirs[arch])
     assert (out / "config.yaml").is_file()
@@ -147,8 +188,19 @@ def test_converged_step_on_a_single_learnable_sample(tiny_tokenizer_dir, one_row
     # a larger init scale leaves the model able to memorise one short answer.
     model = tiny.build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir, initializer_range=0.2)
     out = tmp_path / "run"
-    summary = run(_config(model, one_row_dir, out, num_samples=1, batch_size=8, lr=0.3, max_steps=40,
-                          eval_every=1, stop_at_convergence=True))
+    summary = run(
+        _config(
+            model,
+            one_row_dir,
+            out,
+            num_samples=1,
+            batch_size=8,
+            lr=0.3,
+            max_steps=40,
+            eval_every=1,
+            stop_at_convergence=True,
+        )
+    )
     lines = _lines(out / "metrics.jsonl")
     first_correct = next(r["step"] for r in lines if r["accuracy"] == 1.0)
     assert summary["converged_step"] == first_correct < 40
@@ -172,8 +224,18 @@ def test_ds_configs_on_disk():
 def test_ds_config_auto_values_come_from_the_flags():
     config = TuneConfig(model="m", batch_size=8, lr=0.1, weight_decay=0.5, adam_eps=1e-6, max_grad_norm=2.0)
     ds = _ds_config(config, world_size=2, total_steps=100)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 4, 1)
-    assert ds["optimizer"]["params"] | {} == {"lr": 0.1, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.5, "torch_adam": True}
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        8,
+        4,
+        1,
+    )
+    assert ds["optimizer"]["params"] | {} == {
+        "lr": 0.1,
+        "betas": [0.9, 0.999],
+        "eps": 1e-6,
+        "weight_decay": 0.5,
+        "torch_adam": True,
+    }
     assert ds["gradient_clipping"] == 2.0
     assert ds["bf16"]["enabled"] is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     ds = _ds_config(TuneConfig(model="m", batch_size=8, micro_batch_size=2), world_size=2, total_steps=1)
@@ -213,7 +275,9 @@ def test_bad_arguments(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     assert "--resume: no engine state" in tune_fails([*model, *common, "--resume"], capsys)
     assert "model path not found: ./missing" in tune_fails(["--model", "./missing", *common], capsys)
     (tmp_path / "run.yaml").write_text("lr: 1\nlearning_rate: 2\n")
-    assert "unknown key 'learning_rate'" in tune_fails([*model, *common, "--config", str(tmp_path / "run.yaml")], capsys)
+    assert "unknown key 'learning_rate'" in tune_fails(
+        [*model, *common, "--config", str(tmp_path / "run.yaml")], capsys
+    )
     assert not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("x")
@@ -222,9 +286,33 @@ def test_bad_arguments(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_llama_dir, gsm8k_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--model", str(tiny_llama_dir), "--data_dir", str(gsm8k_dir), "--output_dir", str(out),
-            "--num_samples", "2", "--batch_size", "2", "--max_steps", "5", "--warmup_ratio", "0", "--save_every", "1",
-            "--eval_every", "0", "--topology_every", "0", "--lr", "1e30", "--max_grad_norm", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_llama_dir),
+        "--data_dir",
+        str(gsm8k_dir),
+        "--output_dir",
+        str(out),
+        "--num_samples",
+        "2",
+        "--batch_size",
+        "2",
+        "--max_steps",
+        "5",
+        "--warmup_ratio",
+        "0",
+        "--save_every",
+        "1",
+        "--eval_every",
+        "0",
+        "--topology_every",
+        "0",
+        "--lr",
+        "1e30",
+        "--max_grad_norm",
+        "0",
+        "--no-progress",
+    ]
     err = tune_fails(argv, capsys, code=1)
     assert err.startswith("tsloss tune: non-finite loss at step") and "last good checkpoint" in err
     steps = [r["step"] for r in _lines(out / "metrics.jsonl")]
@@ -262,11 +350,19 @@ def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path
     args = dict(num_samples=6, batch_size=2, max_steps=12, lr=0.01, warmup_ratio=0.1)
     killed = tmp_path / "killed"
     # Checkpoints every 2 steps, killed after step 5: metrics.jsonl runs ahead of the step-4 checkpoint.
-    argv = [f"--{k}={v}" for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=2, **args).__dict__.items()
-            if v is not None and not isinstance(v, bool)]
+    argv = [
+        f"--{k}={v}"
+        for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=2, **args).__dict__.items()
+        if v is not None and not isinstance(v, bool)
+    ]
     (tmp_path / "killed_tuner.py").write_text(KILLED_TUNER)
-    proc = subprocess.run([sys.executable, str(tmp_path / "killed_tuner.py"), *argv, "--no-progress"],
-                          env={**fresh_env(), "KILL_AT_STEP": "5"}, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "killed_tuner.py"), *argv, "--no-progress"],
+        env={**fresh_env(), "KILL_AT_STEP": "5"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert [p.name for p in sorted((killed / "checkpoints").iterdir())] == ["step-2", "step-4"]
     assert (killed / "metrics.jsonl").read_text().endswith('{"step": 6, "lo')
@@ -279,6 +375,8 @@ def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path
     assert [r["step"] for r in _lines(killed / "metrics.jsonl")] == list(range(1, 13))
     assert torch.equal(load_prompt(killed / "prompt"), load_prompt(tmp_path / "straight" / "prompt"))
     assert resumed["final"]["loss"] == straight["final"]["loss"]
-    untimed = [[{k: v for k, v in r.items() if k != "samples_per_s"} for r in _lines(d / "metrics.jsonl")]
-               for d in (killed, tmp_path / "straight")]
+    untimed = [
+        [{k: v for k, v in r.items() if k != "samples_per_s"} for r in _lines(d / "metrics.jsonl")]
+        for d in (killed, tmp_path / "straight")
+    ]
     assert untimed[0] == untimed[1]  # every step's metrics, the redone ones included

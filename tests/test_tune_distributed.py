@@ -29,8 +29,18 @@ def _config(model, data_dir, out, **overrides) -> TuneConfig:
     # 3 rows, global batch 2: the second step has one row, so rank 1 runs the no-target dummy row. The
     # last step evaluates by generation (under ZeRO-3 both ranks generate) and computes topology.
     settings = dict(
-        model=str(model), data_dir=str(data_dir), output_dir=str(out), num_samples=3, batch_size=2, max_steps=4,
-        lr=0.01, warmup_ratio=0.0, eval_every=4, eval_max_samples=2, topology_every=4, progress=False,
+        model=str(model),
+        data_dir=str(data_dir),
+        output_dir=str(out),
+        num_samples=3,
+        batch_size=2,
+        max_steps=4,
+        lr=0.01,
+        warmup_ratio=0.0,
+        eval_every=4,
+        eval_max_samples=2,
+        topology_every=4,
+        progress=False,
     )
     return TuneConfig(**{**settings, **overrides})
 
@@ -42,8 +52,16 @@ def _lines(path: Path) -> list[dict]:
 def test_the_command_line_carries_every_field():
     # Booleans both ways from their defaults (a dropped --no-progress would turn the bar back on),
     # None and a string "none" (the regularizer, which must stay a string).
-    config = TuneConfig(model="m", data_dir=None, regularizer="none", stop_at_convergence=True, progress=False,
-                        adaptive_ratio_h0=0.5, micro_batch_size=1, max_steps=7)
+    config = TuneConfig(
+        model="m",
+        data_dir=None,
+        regularizer="none",
+        stop_at_convergence=True,
+        progress=False,
+        adaptive_ratio_h0=0.5,
+        micro_batch_size=1,
+        max_steps=7,
+    )
     assert load_config(tune_argv(config)) == config
 
 
@@ -57,11 +75,14 @@ def test_two_ranks_equal_one_rank(case, tiny_llama_dir, short_dir, tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps(ds_config))
     settings = dict(ds_config=str(tmp_path / "ds.json"), **own)
     adaptive = "adaptive_ratio_h0" in own
-    one = run(_config(tiny_llama_dir, short_dir, tmp_path / "one", micro_batch_size=1 if adaptive else None, **settings))
+    one = run(
+        _config(tiny_llama_dir, short_dir, tmp_path / "one", micro_batch_size=1 if adaptive else None, **settings)
+    )
     two = two_ranks(_config(tiny_llama_dir, short_dir, tmp_path / "two", **settings))
     assert two["world_size"] == 2 and one["world_size"] == 1
-    torch.testing.assert_close(load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        load_prompt(tmp_path / "two" / "prompt"), load_prompt(tmp_path / "one" / "prompt"), rtol=1e-5, atol=1e-6
+    )
     one_lines, two_lines = _lines(tmp_path / "one" / "metrics.jsonl"), _lines(tmp_path / "two" / "metrics.jsonl")
     assert len(one_lines) == len(two_lines) == 4
     for a, b in zip(one_lines, two_lines, strict=True):

@@ -158,7 +158,9 @@ class TSPromptLM(PromptAwareHooks, HFLM):
     def _autocast(self):
         """HFLM's mixed precision (``mixed_precision_dtype``), off when it is None."""
         return torch.autocast(
-            device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
         )
 
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:  # noqa: ARG002 (seq2seq args)
@@ -211,7 +213,9 @@ class TSPromptLM(PromptAwareHooks, HFLM):
                 **generation_kwargs,
             )
         if self._dpc is not None:  # per instance: trigger, corruption, generation again
-            output = self._dpc.revise(self, base, input_ids, attention_mask, output, max_length + p, stop, generation_kwargs)
+            output = self._dpc.revise(
+                self, base, input_ids, attention_mask, output, max_length + p, stop, generation_kwargs
+            )
         return output[:, p:]
 
     def _loglikelihood_tokens(self, *args: Any, **kwargs: Any):
@@ -235,7 +239,9 @@ class TSPromptLM(PromptAwareHooks, HFLM):
             self._prompt_kv = [tuple(layer[:2]) for layer in cache]
             self._prompt_act_stats = baselines.prompt_stats(self._act, cache)
         cache = DynamicCache(
-            ddp_cache_data=[(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self._prompt_kv],
+            ddp_cache_data=[
+                (k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in self._prompt_kv
+            ],
             config=base.config,
         )
         return baselines.with_prompt_stats(cache, self._prompt_act_stats, batch_size)

@@ -48,8 +48,14 @@ __all__ = [
 MISSING = "—"
 # Table columns in the paper's order: the plain prompt first, the proposed regularizer last.
 REGULARIZER_ORDER = ("none", "l2", "pdloss", "h0", "h1", "tsloss")
-ABLATION_NAMES = {"none": "CE baseline", "h0": "CE + H0 only", "h1": "CE + H1 only", "tsloss": "CE + TSLoss",
-                  "l2": "CE + L2", "pdloss": "CE + PDLoss"}
+ABLATION_NAMES = {
+    "none": "CE baseline",
+    "h0": "CE + H0 only",
+    "h1": "CE + H1 only",
+    "tsloss": "CE + TSLoss",
+    "l2": "CE + L2",
+    "pdloss": "CE + PDLoss",
+}
 # Inference-time baselines a results file can record (tsloss_harness.baselines), appended to the method.
 INFERENCE_METHODS = ("act", "dpc")
 # Which lm-eval metric is "accuracy" for a task, first match wins (``--metric TASK=KEY`` overrides).
@@ -151,7 +157,7 @@ class Measurement:
 
 
 def method_label(method: str | None, regularizer: str | None) -> str:
-    """"prompt" for plain prompt tuning, "prompt+tsloss" with a regularizer; the column names."""
+    """ "prompt" for plain prompt tuning, "prompt+tsloss" with a regularizer; the column names."""
     method = method or "prompt"
     return method if regularizer in (None, "", "none") else f"{method}+{regularizer}"
 
@@ -172,7 +178,9 @@ def model_name(name: Any) -> str:
     return text
 
 
-def collect(paths: Iterable[str | Path], metric_overrides: dict[str, str] | None = None) -> tuple[list[Measurement], list[str]]:
+def collect(
+    paths: Iterable[str | Path], metric_overrides: dict[str, str] | None = None
+) -> tuple[list[Measurement], list[str]]:
     """Measurements from results files and run directories (folders are searched recursively for
     ``results*.json`` and ``summary.json``). Returns (measurements, warnings)."""
     measurements: list[Measurement] = []
@@ -260,7 +268,7 @@ def _prompt_provenance(config: dict, model_args: dict) -> dict | None:
 
 
 def _with_inference_methods(method: str, config: dict) -> str:
-    """"prompt" -> "prompt+act" / "prompt+dpc" when lm-eval scored with ACT or DPC (``config.act`` /
+    """ "prompt" -> "prompt+act" / "prompt+dpc" when lm-eval scored with ACT or DPC (``config.act`` /
     ``config.dpc``, written by tsprompt and hf-act): their own Table III columns."""
     return "+".join([method, *(name for name in INFERENCE_METHODS if isinstance(config.get(name), dict))])
 
@@ -294,14 +302,21 @@ def _from_results_file(path: Path, overrides: dict[str, str], warnings: list[str
     # A group's score stands for its subtasks (MMLU-CF: one row, not one per subject); a group lm-eval
     # gives no score (gsm8k_offline: no aggregate_metric_list) leaves its subtasks' rows.
     groups = data.get("group_subtasks") if isinstance(data.get("group_subtasks"), dict) else {}
-    subtasks = {t for g, members in groups.items() if g in data["results"]
-                and _pick_metric(g, data["results"][g], overrides) is not None for t in members if t != g}
+    subtasks = {
+        t
+        for g, members in groups.items()
+        if g in data["results"] and _pick_metric(g, data["results"][g], overrides) is not None
+        for t in members
+        if t != g
+    }
     found = []
     for task, scores in data["results"].items():
         if task in subtasks:
             continue
         key = _pick_metric(task, scores, overrides)
-        if key is None and any(t != task for t in groups.get(task) or []):  # a scoreless group: its subtasks have the rows
+        if key is None and any(
+            t != task for t in groups.get(task) or []
+        ):  # a scoreless group: its subtasks have the rows
             continue
         if key is None:
             warnings.append(f"{path}: task {task} has no accuracy metric (use --metric {task}=KEY); skipped")
@@ -359,8 +374,13 @@ def _fmt(x: float, digits: int) -> str:
 def _cell(values: list[float | None], digits: int, show_n: bool) -> tuple[str, dict]:
     """Display text and CSV record of one cell; None values are runs that did not converge."""
     done = [v for v in values if v is not None]
-    record: dict[str, Any] = {"n": len(done), "n_runs": len(values), "mean": "", "ci95": "",
-                              "values": ";".join("" if v is None else f"{v:g}" for v in values)}
+    record: dict[str, Any] = {
+        "n": len(done),
+        "n_runs": len(values),
+        "mean": "",
+        "ci95": "",
+        "values": ";".join("" if v is None else f"{v:g}" for v in values),
+    }
     if not values:
         return MISSING, record
     if not done:
@@ -387,7 +407,9 @@ def _n_note(cells: list[list[float | None]]) -> tuple[bool, list[str]]:
     sizes = {len(c) for c in cells if c}
     if len(sizes) <= 1:
         n = sizes.pop() if sizes else 0
-        return False, ([f"{n} seed{'s' if n != 1 else ''} per cell; mean ± 95% CI half-width (Student t)."] if n > 1 else [])
+        return False, (
+            [f"{n} seed{'s' if n != 1 else ''} per cell; mean ± 95% CI half-width (Student t)."] if n > 1 else []
+        )
     return True, ["n = runs per cell; mean ± 95% CI half-width (Student t)."]
 
 
@@ -398,18 +420,35 @@ def table_accuracy(ms: list[Measurement]) -> Table | None:
         return None
     methods = sorted({(m.method, m.regularizer) for m in ms}, key=_method_key)
     rows_keys = sorted({(m.model, m.dataset) for m in ms})
-    grid = {(r, c): [m.value for m in ms if (m.model, m.dataset) == r and (m.method, m.regularizer) == c]
-            for r in rows_keys for c in methods}
+    grid = {
+        (r, c): [m.value for m in ms if (m.model, m.dataset) == r and (m.method, m.regularizer) == c]
+        for r in rows_keys
+        for c in methods
+    }
     show_n, notes = _n_note(list(grid.values()))
-    table = Table("III", "Table III: accuracy (%) per model, data set and method",
-                  ["Model", "Dataset"] + [method_label(*c) for c in methods], [], notes=notes)
+    table = Table(
+        "III",
+        "Table III: accuracy (%) per model, data set and method",
+        ["Model", "Dataset"] + [method_label(*c) for c in methods],
+        [],
+        notes=notes,
+    )
     for r in rows_keys:
         row = list(r)
         for c in methods:
             text, record = _cell(grid[(r, c)], 1, show_n)
             row.append(text)
-            table.records.append({"table": "III", "model": r[0], "dataset": r[1], "setting": "",
-                                  "method": method_label(*c), "metric": "accuracy_pct", **record})
+            table.records.append(
+                {
+                    "table": "III",
+                    "model": r[0],
+                    "dataset": r[1],
+                    "setting": "",
+                    "method": method_label(*c),
+                    "metric": "accuracy_pct",
+                    **record,
+                }
+            )
         table.rows.append(row)
     metrics = sorted({m.source.rsplit(":", 1)[-1] + f" ({m.dataset})" for m in ms})
     table.notes.append("Metric: " + ", ".join(metrics) + ".")
@@ -424,11 +463,22 @@ def table_convergence(ms: list[Measurement]) -> Table | None:
     methods = sorted({(m.method, m.regularizer) for m in ms}, key=_method_key)
     columns = sorted({(m.setting, m.dataset) for m in ms}, key=lambda c: (_setting_key(c[0]), c[1]))
     models = sorted({m.model for m in ms})
-    grid = {(mo, me, c): [m.value for m in ms if m.model == mo and (m.method, m.regularizer) == me
-                          and (m.setting, m.dataset) == c] for mo in models for me in methods for c in columns}
+    grid = {
+        (mo, me, c): [
+            m.value for m in ms if m.model == mo and (m.method, m.regularizer) == me and (m.setting, m.dataset) == c
+        ]
+        for mo in models
+        for me in methods
+        for c in columns
+    }
     show_n, notes = _n_note(list(grid.values()))
-    table = Table("IV", "Table IV: iterations to converge (first step with 100% training accuracy)",
-                  ["Model", "Method"] + [f"{s} {d}" for s, d in columns], [], notes=notes)
+    table = Table(
+        "IV",
+        "Table IV: iterations to converge (first step with 100% training accuracy)",
+        ["Model", "Method"] + [f"{s} {d}" for s, d in columns],
+        [],
+        notes=notes,
+    )
     for mo in models:
         for me in methods:
             if not any(grid[(mo, me, c)] for c in columns):
@@ -437,8 +487,17 @@ def table_convergence(ms: list[Measurement]) -> Table | None:
             for c in columns:
                 text, record = _cell(grid[(mo, me, c)], 1, show_n)
                 row.append(text)
-                table.records.append({"table": "IV", "model": mo, "dataset": c[1], "setting": c[0],
-                                      "method": method_label(*me), "metric": "converged_step", **record})
+                table.records.append(
+                    {
+                        "table": "IV",
+                        "model": mo,
+                        "dataset": c[1],
+                        "setting": c[0],
+                        "method": method_label(*me),
+                        "metric": "converged_step",
+                        **record,
+                    }
+                )
             table.rows.append(row)
     table.notes.append("Runs that did not converge are excluded from the mean and counted as (converged/runs).")
     return table
@@ -452,8 +511,9 @@ def table_ablation(ms: list[Measurement]) -> Table | None:
     """Table VI: per model, data set, setting and method, each regularizer against the CE baseline
     (regularizer none): iterations to converge and relative improvement 1 - mean/mean_baseline."""
     ms = [m for m in ms if m.kind == "iterations"]
-    groups = sorted({(m.model, m.dataset, m.setting, m.method) for m in ms},
-                    key=lambda g: (g[0], g[1], _setting_key(g[2]), g[3]))
+    groups = sorted(
+        {(m.model, m.dataset, m.setting, m.method) for m in ms}, key=lambda g: (g[0], g[1], _setting_key(g[2]), g[3])
+    )
     entries = []  # (group, regularizer, values, baseline values)
     for group in groups:
         runs = [m for m in ms if (m.model, m.dataset, m.setting, m.method) == group]
@@ -468,9 +528,13 @@ def table_ablation(ms: list[Measurement]) -> Table | None:
     if not entries:
         return None
     show_n, notes = _n_note([values for _, _, values, _ in entries])
-    table = Table("VI", "Table VI: convergence of the loss components against the CE baseline",
-                  ["Model", "Dataset", "Setting", "Configuration", "Iterations to converge", "Improvement"], [],
-                  notes=notes)
+    table = Table(
+        "VI",
+        "Table VI: convergence of the loss components against the CE baseline",
+        ["Model", "Dataset", "Setting", "Configuration", "Iterations to converge", "Improvement"],
+        [],
+        notes=notes,
+    )
     for group, reg, values, base in entries:
         text, record = _cell(values, 1, show_n)
         done = [v for v in values if v is not None]
@@ -479,10 +543,21 @@ def table_ablation(ms: list[Measurement]) -> Table | None:
         if group[3] != "prompt":
             name = f"{name} ({group[3]})"
         table.rows.append([group[0], group[1], group[2], name, text, improvement])
-        table.records.append({"table": "VI", "model": group[0], "dataset": group[1], "setting": group[2],
-                              "method": method_label(group[3], reg), "metric": "converged_step", **record})
-    table.notes.append("Improvement = 1 - mean(iterations) / mean(CE baseline iterations); 95% CI of the ratio "
-                       "by the delta method on its logarithm (Welch dof), over converged runs.")
+        table.records.append(
+            {
+                "table": "VI",
+                "model": group[0],
+                "dataset": group[1],
+                "setting": group[2],
+                "method": method_label(group[3], reg),
+                "metric": "converged_step",
+                **record,
+            }
+        )
+    table.notes.append(
+        "Improvement = 1 - mean(iterations) / mean(CE baseline iterations); 95% CI of the ratio "
+        "by the delta method on its logarithm (Welch dof), over converged runs."
+    )
     return table
 
 
@@ -497,14 +572,30 @@ def _improvement(values: list[float], base: list[float], record: dict) -> str:
 
 
 def build_tables(measurements: list[Measurement]) -> list[Table]:
-    return [t for t in (table_accuracy(measurements), table_convergence(measurements), table_ablation(measurements)) if t]
+    return [
+        t for t in (table_accuracy(measurements), table_convergence(measurements), table_ablation(measurements)) if t
+    ]
 
 
 # ------------------------------------------------------------------------------------- rendering
 
 
-CSV_FIELDS = ("table", "model", "dataset", "setting", "method", "metric", "n", "n_runs", "mean", "ci95",
-              "ratio_to_baseline", "ratio_ci95_low", "ratio_ci95_high", "values")
+CSV_FIELDS = (
+    "table",
+    "model",
+    "dataset",
+    "setting",
+    "method",
+    "metric",
+    "n",
+    "n_runs",
+    "mean",
+    "ci95",
+    "ratio_to_baseline",
+    "ratio_ci95_low",
+    "ratio_ci95_high",
+    "values",
+)
 
 
 def render(tables: list[Table], fmt: str) -> str:
@@ -521,8 +612,10 @@ def render(tables: list[Table], fmt: str) -> str:
         return buffer.getvalue()
     if fmt == "html":
         body = "\n".join(html_table(t) for t in tables)
-        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>tsloss leaderboard</title>"
-                f"<style>{TABLE_CSS}</style></head><body>\n<h1>tsloss leaderboard</h1>\n{body}\n</body></html>\n")
+        return (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>tsloss leaderboard</title>'
+            f"<style>{TABLE_CSS}</style></head><body>\n<h1>tsloss leaderboard</h1>\n{body}\n</body></html>\n"
+        )
     raise LeaderboardError(f"unknown format {fmt!r} (md, csv, html)")
 
 
@@ -540,8 +633,7 @@ def _escape_md(text: str) -> str:
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(_escape_md(c) for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    lines = ["| " + " | ".join(_escape_md(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_escape_md(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -554,5 +646,5 @@ def _markdown(t: Table) -> str:
 def html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in t.rows)
-    notes = "".join(f"<p class=\"note\">{html.escape(n)}</p>" for n in t.notes)
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in t.notes)
     return f"<h2>{html.escape(t.title)}</h2>\n<table><tr>{head}</tr>{body}</table>{notes}"

@@ -90,9 +90,7 @@ def _mst_edges(d32: np.ndarray, thresh: float) -> np.ndarray:
     return np.stack([tree.row[keep], tree.col[keep]], axis=1).astype(np.int64)
 
 
-def _h1_edges(
-    cocycles: list[np.ndarray], deaths: np.ndarray, d32: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _h1_edges(cocycles: list[np.ndarray], deaths: np.ndarray, d32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Birth and death edges [k, 2] of k H1 bars from their representative cocycles ([m, 3]: i, j,
     value) and death values (float32, as ripser reports them)."""
     n = len(d32)

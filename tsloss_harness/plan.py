@@ -235,7 +235,9 @@ METHODS = ("prompt", "prefix", "ptuning_v2")  # the tuner's --method (tune.confi
 ADAM_STATE_BYTES = 16  # per trainable value, partitioned over ranks: fp32 master 4 + Adam m, v 8 + fp32 gradient 4
 
 
-def trainable_values(shape: ModelShape, method: str, num_virtual_tokens: int, prefix_hidden_size: int | None = None) -> int:
+def trainable_values(
+    shape: ModelShape, method: str, num_virtual_tokens: int, prefix_hidden_size: int | None = None
+) -> int:
     """Values the tuner trains: ``prompt`` P·h; ``ptuning_v2`` the prefix P·L·2·d_kv; ``prefix`` P·d_kv
     plus PEFT's MLP d_kv -> e -> L·2·d_kv with biases (e = ``prefix_hidden_size``, default d_kv): at
     full depth the MLP's output layer dominates (Qwen1.5-14B: 5120 x 409,600 = 2.1 B values)."""

@@ -24,7 +24,9 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def child_env(threads: int | None = None, extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(
+    threads: int | None = None, extra: dict[str, str] | None = None, base: dict[str, str] | None = None
+) -> dict[str, str]:
     """``base`` (default: this process's environment) without rendezvous variables, with ``threads``
     threads per math library and ``extra`` on top."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in RENDEZVOUS_VARS}
@@ -59,10 +61,27 @@ def lm_eval_command(
 ) -> list[str]:
     """The stock CLI's argv (``lm_eval --model M --model_args ... --tasks ... --output_path ...``), run
     as ``python -m lm_eval`` by this interpreter: its environment's lm-eval, with ``tsprompt`` registered."""
-    cmd = [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", format_model_args(model_args),
-           "--tasks", ",".join(tasks), "--output_path", str(output_path)]
-    optional = {"--include_path": include_path, "--batch_size": batch_size, "--num_fewshot": num_fewshot,
-                "--limit": limit, "--gen_kwargs": gen_kwargs, "--device": device}
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        model,
+        "--model_args",
+        format_model_args(model_args),
+        "--tasks",
+        ",".join(tasks),
+        "--output_path",
+        str(output_path),
+    ]
+    optional = {
+        "--include_path": include_path,
+        "--batch_size": batch_size,
+        "--num_fewshot": num_fewshot,
+        "--limit": limit,
+        "--gen_kwargs": gen_kwargs,
+        "--device": device,
+    }
     for flag, value in optional.items():
         if value is not None:
             cmd += [flag, str(value)]

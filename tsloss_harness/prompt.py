@@ -109,7 +109,9 @@ def make_prompt_config(
     if not isinstance(init, str) or not init:
         raise ValueError(f"init must be a non-empty string such as 'normal', got {init!r}")
     _check_positive_ints(
-        num_virtual_tokens=num_virtual_tokens, token_dim=token_dim, num_layers=num_layers,
+        num_virtual_tokens=num_virtual_tokens,
+        token_dim=token_dim,
+        num_layers=num_layers,
         num_attention_heads=num_attention_heads,
     )
     return PromptTuningConfig(
@@ -160,8 +162,11 @@ def make_prefix_config(
     from peft import PrefixTuningConfig
 
     _check_positive_ints(
-        num_virtual_tokens=num_virtual_tokens, num_layers=num_layers, num_key_value_heads=num_key_value_heads,
-        head_dim=head_dim, encoder_hidden_size=1 if encoder_hidden_size is None else encoder_hidden_size,
+        num_virtual_tokens=num_virtual_tokens,
+        num_layers=num_layers,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        encoder_hidden_size=1 if encoder_hidden_size is None else encoder_hidden_size,
     )
     token_dim = num_key_value_heads * head_dim
     return PrefixTuningConfig(
@@ -217,7 +222,9 @@ def method_of(peft_config) -> str:
         return "prefix" if peft_config.prefix_projection else "ptuning_v2"
     if peft_config.peft_type in (PeftType.PROMPT_TUNING, PeftType.P_TUNING):
         return "prompt"
-    raise ValueError(f"no prompt method for peft_type {getattr(peft_config.peft_type, 'value', peft_config.peft_type)!s}")
+    raise ValueError(
+        f"no prompt method for peft_type {getattr(peft_config.peft_type, 'value', peft_config.peft_type)!s}"
+    )
 
 
 def expected_embedding_shape(peft_config) -> tuple[int, int]:
@@ -520,7 +527,9 @@ def _read_torch(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"pickled object ({found.group(1)})" if found else "pickled objects"
-        raise PromptLoadError(f"{path}: refused, holds a {what} beyond tensors (torch.load weights_only=True)") from None
+        raise PromptLoadError(
+            f"{path}: refused, holds a {what} beyond tensors (torch.load weights_only=True)"
+        ) from None
     except Exception as err:  # RuntimeError/EOFError/OSError for corrupt or truncated files
         raise PromptLoadError(f"{path}: unreadable torch file ({first_line(err)})") from err
 

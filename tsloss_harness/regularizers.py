@@ -44,8 +44,13 @@ REGULARIZERS: dict[str, Regularizer] = {
         Regularizer("l2", "tsloss_harness.losses:l2", about="L2-Reg: mean squared row norm"),
         Regularizer("pdloss", "tsloss_harness.losses:pdloss", about="PDLoss: mean pairwise distance"),
         Regularizer("none", "tsloss_harness.losses:none", about="no regularizer (cross-entropy only)"),
-        Regularizer("ph_exact", "tsloss_harness.ph_exact:ph_exact", ("h0", "h1"), ("beta_h0", "beta_h1"),
-                    "exact Rips-diagram loss, gradients through the persistence pairs"),
+        Regularizer(
+            "ph_exact",
+            "tsloss_harness.ph_exact:ph_exact",
+            ("h0", "h1"),
+            ("beta_h0", "beta_h1"),
+            "exact Rips-diagram loss, gradients through the persistence pairs",
+        ),
     )
 }
 

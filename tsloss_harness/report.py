@@ -40,8 +40,21 @@ from tsloss_harness.topology import METRIC_KEYS
 __all__ = ["ReportError", "Run", "build_report", "load_run", "table2", "write_report"]
 
 # Config fields that name what a run is; runs that differ in nothing else but seed form one group.
-GROUP_KEYS = ("model", "dataset", "method", "regularizer", "num_samples", "lambda_ts", "tau", "alpha",
-              "beta_h0", "beta_h1", "init", "num_virtual_tokens", "lr")
+GROUP_KEYS = (
+    "model",
+    "dataset",
+    "method",
+    "regularizer",
+    "num_samples",
+    "lambda_ts",
+    "tau",
+    "alpha",
+    "beta_h0",
+    "beta_h1",
+    "init",
+    "num_virtual_tokens",
+    "lr",
+)
 EMBEDDING_CHECKPOINTS = 8  # checkpoints per PCA/t-SNE panel (t-SNE cost grows with the square of the points)
 METRIC_TITLES = {
     "h0_count": "H0 count",
@@ -225,7 +238,9 @@ def _band(ax, groups: dict[str, list[Run]], key: str, color_of: dict[str, Any]) 
         mean = np.array([m for m, _, _ in stats])
         half = np.array([h if h is not None else 0.0 for _, h, _ in stats])
         suffix = f" (n={len(runs)})" if len(runs) > 1 else ""
-        ax.plot(steps, mean, color=color_of[label], label=label + suffix, lw=1.5, marker="." if len(steps) < 30 else None)
+        ax.plot(
+            steps, mean, color=color_of[label], label=label + suffix, lw=1.5, marker="." if len(steps) < 30 else None
+        )
         if len(runs) > 1:
             low, high = mean - half, mean + half
             if key == "accuracy" or key in METRIC_KEYS:  # the CI of a share or a count/lifetime stays in range
@@ -249,7 +264,7 @@ def fig_curves(groups: dict[str, list[Run]], keys: Sequence[tuple[str, str]], co
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(keys):]:
+    for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     top = 1 - 0.35 / (2.7 * nrows)  # room for the legend above the panels
@@ -264,8 +279,9 @@ def _checkpoint_grid(rows: list[tuple[str, Run, list[int]]], draw, title: str, c
     images ``draw`` made, sharing one scale, get one colour bar."""
     plt = _plt()
     ncols = max(len(steps) for _, _, steps in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.9 * ncols + 0.6 * bool(colorbar is not None), 2.6 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(2.9 * ncols + 0.6 * bool(colorbar is not None), 2.6 * len(rows)), squeeze=False
+    )
     for i, (label, run, steps) in enumerate(rows):
         checkpoints = dict(run.checkpoints)
         for j in range(ncols):
@@ -306,8 +322,18 @@ class _PromptCache:
 
 
 def fig_diagrams(rows, cache: _PromptCache) -> bytes:
-    top = max((d[np.isfinite(d[:, 1]), 1].max(initial=0.0) for _, run, steps in rows
-               for s in steps for d in cache.topology(dict(run.checkpoints)[s])["diagrams"]), default=1.0) or 1.0
+    top = (
+        max(
+            (
+                d[np.isfinite(d[:, 1]), 1].max(initial=0.0)
+                for _, run, steps in rows
+                for s in steps
+                for d in cache.topology(dict(run.checkpoints)[s])["diagrams"]
+            ),
+            default=1.0,
+        )
+        or 1.0
+    )
     limit = top * 1.1
 
     def draw(ax, path):
@@ -326,8 +352,18 @@ def fig_diagrams(rows, cache: _PromptCache) -> bytes:
 
 
 def fig_barcodes(rows, cache: _PromptCache) -> bytes:
-    top = max((d[np.isfinite(d[:, 1]), 1].max(initial=0.0) for _, run, steps in rows
-               for s in steps for d in cache.topology(dict(run.checkpoints)[s])["diagrams"]), default=1.0) or 1.0
+    top = (
+        max(
+            (
+                d[np.isfinite(d[:, 1]), 1].max(initial=0.0)
+                for _, run, steps in rows
+                for s in steps
+                for d in cache.topology(dict(run.checkpoints)[s])["diagrams"]
+            ),
+            default=1.0,
+        )
+        or 1.0
+    )
     limit = top * 1.1
 
     def draw(ax, path):
@@ -348,7 +384,9 @@ def fig_barcodes(rows, cache: _PromptCache) -> bytes:
 def fig_heatmaps(rows, cache: _PromptCache) -> bytes:
     from tsloss_harness.topology import euclidean_distances
 
-    vmax = max(euclidean_distances(cache.points(dict(run.checkpoints)[s])).max() for _, run, steps in rows for s in steps)
+    vmax = max(
+        euclidean_distances(cache.points(dict(run.checkpoints)[s])).max() for _, run, steps in rows for s in steps
+    )
     images = []
 
     def draw(ax, path):
@@ -384,8 +422,13 @@ def _embedding_figure(groups_rows, cache: _PromptCache, method: str) -> bytes | 
                 continue
             perplexity = float(min(30.0, (len(stacked) - 1) / 3))
             # Exact gradients: for a few hundred points they are several times cheaper than Barnes-Hut.
-            tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0,
-                        method="exact" if len(stacked) <= 1000 else "barnes_hut")
+            tsne = TSNE(
+                n_components=2,
+                perplexity=perplexity,
+                init="pca",
+                random_state=0,
+                method="exact" if len(stacked) <= 1000 else "barnes_hut",
+            )
             xy = tsne.fit_transform(stacked)
         panels.append((label, steps, n_rows, xy))
     if not panels:
@@ -396,8 +439,9 @@ def _embedding_figure(groups_rows, cache: _PromptCache, method: str) -> bytes | 
         traj = xy.reshape(len(steps), n_rows, 2)
         for r in range(n_rows):
             ax.plot(traj[:, r, 0], traj[:, r, 1], color="grey", lw=0.4, alpha=0.5)
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colors, cmap="viridis", s=12,
-                        vmin=min(steps), vmax=max(max(steps), min(steps) + 1))
+        sc = ax.scatter(
+            xy[:, 0], xy[:, 1], c=colors, cmap="viridis", s=12, vmin=min(steps), vmax=max(max(steps), min(steps) + 1)
+        )
         ax.set_title(label if len(panels) > 1 else f"{method.upper()} of prompt rows", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.colorbar(sc, ax=axes.ravel().tolist(), label="step")
@@ -441,8 +485,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def build_report(runs: list[Run], *, steps: Sequence[int] | None = None, tsne: bool = True,
-                 title: str | None = None) -> Report:
+def build_report(
+    runs: list[Run], *, steps: Sequence[int] | None = None, tsne: bool = True, title: str | None = None
+) -> Report:
     groups = group_runs(runs)
     palette = _plt().get_cmap("tab10")
     color_of = {label: palette(i % 10) for i, label in enumerate(groups)}
@@ -456,21 +501,54 @@ def build_report(runs: list[Run], *, steps: Sequence[int] | None = None, tsne: b
     for run in runs:
         s = run.summary or {}
         final = s.get("final") or (run.metrics[-1] if run.metrics else {})
-        rows.append([str(run.path), run.label, _fmt(run.seed), _fmt(run.config.get("num_samples")),
-                     _fmt(s.get("steps", final.get("step"))), _fmt(s.get("converged_step")) if run.summary else "unfinished",
-                     _fmt(final.get("ce")), _fmt(final.get("reg")), _fmt(final.get("accuracy")),
-                     _fmt(s.get("wall_time_s"), 3)])
-    report.blocks.append(("table", ["Run", "Group", "Seed", "Samples", "Steps", "Converged at", "Final CE",
-                                    "Final reg.", "Final acc.", "Wall s"], rows))
+        rows.append(
+            [
+                str(run.path),
+                run.label,
+                _fmt(run.seed),
+                _fmt(run.config.get("num_samples")),
+                _fmt(s.get("steps", final.get("step"))),
+                _fmt(s.get("converged_step")) if run.summary else "unfinished",
+                _fmt(final.get("ce")),
+                _fmt(final.get("reg")),
+                _fmt(final.get("accuracy")),
+                _fmt(s.get("wall_time_s"), 3),
+            ]
+        )
+    report.blocks.append(
+        (
+            "table",
+            [
+                "Run",
+                "Group",
+                "Seed",
+                "Samples",
+                "Steps",
+                "Converged at",
+                "Final CE",
+                "Final reg.",
+                "Final acc.",
+                "Wall s",
+            ],
+            rows,
+        )
+    )
 
     report.blocks.append(("h2", "Training"))
-    png = fig_curves(groups, [("ce", "Cross-entropy"), ("reg", "Regularizer"), ("loss", "Total loss"),
-                              ("accuracy", "Training accuracy")], color_of)
+    png = fig_curves(
+        groups,
+        [("ce", "Cross-entropy"), ("reg", "Regularizer"), ("loss", "Total loss"), ("accuracy", "Training accuracy")],
+        color_of,
+    )
     if png:
-        report.blocks.append(("figure", "training", "Loss curves and training accuracy (group mean; band: 95% CI over seeds).", png))
+        report.blocks.append(
+            ("figure", "training", "Loss curves and training accuracy (group mean; band: 95% CI over seeds).", png)
+        )
     png = fig_curves(groups, [(k, METRIC_TITLES[k]) for k in METRIC_KEYS], color_of)
     if png:
-        report.blocks.append(("figure", "topology", "Topology of the prompt over training (paper Figs. 2, 6, 10, 11).", png))
+        report.blocks.append(
+            ("figure", "topology", "Topology of the prompt over training (paper Figs. 2, 6, 10, 11).", png)
+        )
     else:
         report.blocks.append(("p", "No topology metrics were logged (tune with --topology_every)."))
 
@@ -479,11 +557,23 @@ def build_report(runs: list[Run], *, steps: Sequence[int] | None = None, tsne: b
         report.blocks.append(("p", "No checkpoints saved (tune with --save_every)."))
     else:
         if len(runs) > len(detail):
-            report.blocks.append(("p", "Each group is shown by its first run: "
-                                  + "; ".join(f"{label}: {run.path}" for label, run in detail) + "."))
-        report.blocks.append(("figure", "diagrams", "Persistence diagrams at chosen checkpoints (Fig. 2b).", fig_diagrams(rows3, cache)))
-        report.blocks.append(("figure", "barcodes", "Persistence barcodes at chosen checkpoints (Fig. 2d).", fig_barcodes(rows3, cache)))
-        report.blocks.append(("figure", "heatmaps", "Heatmaps of the pairwise distance matrix (Fig. 7).", fig_heatmaps(rows3, cache)))
+            report.blocks.append(
+                (
+                    "p",
+                    "Each group is shown by its first run: "
+                    + "; ".join(f"{label}: {run.path}" for label, run in detail)
+                    + ".",
+                )
+            )
+        report.blocks.append(
+            ("figure", "diagrams", "Persistence diagrams at chosen checkpoints (Fig. 2b).", fig_diagrams(rows3, cache))
+        )
+        report.blocks.append(
+            ("figure", "barcodes", "Persistence barcodes at chosen checkpoints (Fig. 2d).", fig_barcodes(rows3, cache))
+        )
+        report.blocks.append(
+            ("figure", "heatmaps", "Heatmaps of the pairwise distance matrix (Fig. 7).", fig_heatmaps(rows3, cache))
+        )
         png = _embedding_figure(detail, cache, "pca")
         if png:
             report.blocks.append(("figure", "pca", "PCA of the prompt rows over training (Fig. 8).", png))
@@ -500,16 +590,34 @@ def build_report(runs: list[Run], *, steps: Sequence[int] | None = None, tsne: b
             continue
         any_stats = True
         some = next(iter(stats.values()))
-        report.blocks.append(("p", f"{label}: {some['n']} logged steps with accuracy and topology over "
-                              f"{len(members)} run(s); Mann-Whitney groups split at accuracy <= "
-                              f"{_fmt(some['accuracy_threshold'])}."))
-        rows = [[METRIC_TITLES[k], _fmt(s["n"]), _fmt(s["spearman_rho"], 3) if s["spearman_rho"] is not None else "N/A",
-                 _fmt(s["spearman_p"], 3) if s["spearman_p"] is not None else "N/A",
-                 _fmt(s["mannwhitney_u"]), _fmt(s["mannwhitney_p"], 3)] for k, s in stats.items()]
+        report.blocks.append(
+            (
+                "p",
+                f"{label}: {some['n']} logged steps with accuracy and topology over "
+                f"{len(members)} run(s); Mann-Whitney groups split at accuracy <= "
+                f"{_fmt(some['accuracy_threshold'])}.",
+            )
+        )
+        rows = [
+            [
+                METRIC_TITLES[k],
+                _fmt(s["n"]),
+                _fmt(s["spearman_rho"], 3) if s["spearman_rho"] is not None else "N/A",
+                _fmt(s["spearman_p"], 3) if s["spearman_p"] is not None else "N/A",
+                _fmt(s["mannwhitney_u"]),
+                _fmt(s["mannwhitney_p"], 3),
+            ]
+            for k, s in stats.items()
+        ]
         report.blocks.append(("table", ["Metric", "n", "Spearman ρ", "p-value", "Mann-Whitney U", "p-value"], rows))
     if not any_stats:
-        report.blocks.append(("p", "Needs at least 3 logged steps with both topology and accuracy "
-                              "(--eval_every and --topology_every on common steps)."))
+        report.blocks.append(
+            (
+                "p",
+                "Needs at least 3 logged steps with both topology and accuracy "
+                "(--eval_every and --topology_every on common steps).",
+            )
+        )
     return report
 
 
@@ -526,16 +634,22 @@ def render_html(report: Report) -> str:
             parts.append(f"<p>{html.escape(block[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(c)}</th>" for c in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in block[2])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in block[2]
+            )
             parts.append(f"<table><tr>{head}</tr>{body}</table>")
         elif kind == "figure":
             _, name, caption, png = block
             data = base64.b64encode(png).decode("ascii")
-            parts.append(f"<figure id=\"{name}\"><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{data}\">"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(
+                f'<figure id="{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     css = TABLE_CSS + "figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:.9em}"
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(report.title)}</title>"
-            f"<style>{css}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(report.title)}</title>'
+        f"<style>{css}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def render_markdown(report: Report, figure_dir: Path, link_prefix: str) -> str:

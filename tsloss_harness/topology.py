@@ -144,5 +144,3 @@ def topology_accuracy_stats(
     else:
         out["mannwhitney_u"], out["mannwhitney_p"] = None, None
     return out
-
-

@@ -41,9 +41,14 @@ def report(argv: list[str]) -> int:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="tuner run directory (or a folder of them)")
     parser.add_argument("-o", "--output", default="report.html", help="output file (default: report.html)")
-    parser.add_argument("--format", choices=("html", "md"), help="default: from the output extension (.md: md, else html)")
-    parser.add_argument("--steps", help="checkpoint steps for diagrams, barcodes and heatmaps, e.g. 10,50,100 "
-                        "(default: up to 4 spread over the run)")
+    parser.add_argument(
+        "--format", choices=("html", "md"), help="default: from the output extension (.md: md, else html)"
+    )
+    parser.add_argument(
+        "--steps",
+        help="checkpoint steps for diagrams, barcodes and heatmaps, e.g. 10,50,100 "
+        "(default: up to 4 spread over the run)",
+    )
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
     parser.add_argument("--title", help="page title")
     args = parser.parse_args(argv)
@@ -68,10 +73,21 @@ def leaderboard(argv: list[str]) -> int:
         description="The paper's Tables III, IV and VI from lm-eval results JSON files and tuner run "
         "directories (folders are searched recursively). Seeds aggregate to mean ± 95%% CI.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="RESULTS", help="results*.json, run directory, or a folder of them")
-    parser.add_argument("-o", "--output", help="output file; its extension picks the format (.md, .csv, .html). Default: markdown on stdout")
-    parser.add_argument("--metric", action="append", default=[], metavar="TASK=KEY",
-                        help="lm-eval metric used as accuracy for TASK, e.g. gsm8k=exact_match,flexible-extract")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="RESULTS", help="results*.json, run directory, or a folder of them"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        help="output file; its extension picks the format (.md, .csv, .html). Default: markdown on stdout",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="TASK=KEY",
+        help="lm-eval metric used as accuracy for TASK, e.g. gsm8k=exact_match,flexible-extract",
+    )
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -82,7 +98,9 @@ def leaderboard(argv: list[str]) -> int:
         overrides[task] = key
     fmt = "md"
     if args.output:
-        fmt = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm": "html"}.get(Path(args.output).suffix.lower(), "")
+        fmt = {".md": "md", ".markdown": "md", ".csv": "csv", ".html": "html", ".htm": "html"}.get(
+            Path(args.output).suffix.lower(), ""
+        )
         if not fmt:
             raise LeaderboardError(f"{args.output}: unknown extension (use .md, .csv or .html)")
     measurements, warnings = collect(args.inputs, overrides)

@@ -27,18 +27,27 @@ def plan(argv: list[str]) -> int:
     from tsloss_harness.resources import resource_dir
 
     parser = argparse.ArgumentParser(prog="tsloss plan", description=planning.__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True,
-                        help=f"local HF model dir, cached hub id, a count like 7b, or: {', '.join(KNOWN_MODELS)}")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"local HF model dir, cached hub id, a count like 7b, or: {', '.join(KNOWN_MODELS)}",
+    )
     parser.add_argument("--gpus", type=int, required=True, help="GPUs (ranks) in the run")
     parser.add_argument("--gpu-mem", type=float, required=True, help="memory of one GPU in GiB")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per row, prompt excluded (default 512)")
-    parser.add_argument("--answer-tokens", type=int, default=256,
-                        help="answer tokens per row: the only positions given logits (default 256)")
+    parser.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=256,
+        help="answer tokens per row: the only positions given logits (default 256)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="global batch, as the tuner's (default 8)")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per GPU (default batch/gpus)")
     parser.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt length P (default 20)")
     parser.add_argument("--method", choices=METHODS, default="prompt", help="the tuner's --method (default prompt)")
-    parser.add_argument("--prefix-hidden-size", type=int, default=None, help="--method prefix: MLP width (default d_kv)")
+    parser.add_argument(
+        "--prefix-hidden-size", type=int, default=None, help="--method prefix: MLP width (default d_kv)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16", help="model dtype (default bf16)")
     parser.add_argument("--reserve-gib", type=float, default=1.5, help="CUDA context, NCCL, allocator slack")
     parser.add_argument("--ds-configs", type=Path, default=resource_dir("ds_configs"), help="folder of DeepSpeed JSONs")
@@ -49,9 +58,7 @@ def plan(argv: list[str]) -> int:
         raise PlanError("--gpus, --gpu-mem and --seq-len must be positive")
     micro = args.micro_batch_size or args.batch_size // args.gpus
     if micro < 1 or args.batch_size % (micro * args.gpus):
-        raise PlanError(
-            f"batch_size={args.batch_size} is not a multiple of micro_batch_size*gpus={micro}*{args.gpus}"
-        )
+        raise PlanError(f"batch_size={args.batch_size} is not a multiple of micro_batch_size*gpus={micro}*{args.gpus}")
     shape = resolve_model(args.model)
     files = sorted(args.ds_configs.glob("*.json"))
     if not files:

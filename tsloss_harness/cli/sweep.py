@@ -13,8 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
     parser.add_argument("--output_dir", help="override the output directory")
     parser.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local instance)")
-    parser.add_argument("--rerun-changed", action="store_true",
-                        help="delete and redo finished cells whose config has changed (default: report them as failed)")
+    parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="delete and redo finished cells whose config has changed (default: report them as failed)",
+    )
     parser.add_argument("--parallel", type=int, help="at most this many cells at once (default: as many as Ray fits)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -37,14 +40,22 @@ def sweep(argv: list[str]) -> int:
             config.output_dir = args.output_dir
         if args.parallel is not None and args.parallel < 1:
             raise SweepError(f"--parallel must be >= 1, got {args.parallel}")
-        result = run_sweep(parse_sweep_config(vars(config)), address=args.address, rerun_changed=args.rerun_changed,
-                           progress=not args.no_progress, parallel=args.parallel)
+        result = run_sweep(
+            parse_sweep_config(vars(config)),
+            address=args.address,
+            rerun_changed=args.rerun_changed,
+            progress=not args.no_progress,
+            parallel=args.parallel,
+        )
     except KeyboardInterrupt:  # before any cell started
         print("tsloss sweep: interrupted before any cell started", file=sys.stderr)
         return 130
     except SweepInterrupted as e:
-        print(f"tsloss sweep: interrupted; {len(e.records)} cell(s) ended before it, {len(e.unfinished)} unfinished "
-              "(no summary.json): run the same command again to continue them", file=sys.stderr)
+        print(
+            f"tsloss sweep: interrupted; {len(e.records)} cell(s) ended before it, {len(e.unfinished)} unfinished "
+            "(no summary.json): run the same command again to continue them",
+            file=sys.stderr,
+        )
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -60,8 +71,10 @@ def _print_result(result: dict) -> None:
     from tsloss_harness.sweep.results import format_ratio
 
     print(result["board"].split("\n\nmean ±")[0].split("\n", 2)[-1])  # the group table
-    print(f"{result['cells']} cells: {result['reused']} reused, {result['ran']} run, {len(result['failed'])} failed; "
-          f"board: {result['leaderboard']}")
+    print(
+        f"{result['cells']} cells: {result['reused']} reused, {result['ran']} run, {len(result['failed'])} failed; "
+        f"board: {result['leaderboard']}"
+    )
     for r in result["ratios"]:
         print("  " + format_ratio(r))
     if result["failed"]:

@@ -26,7 +26,9 @@ def tune(argv: list[str]) -> int:
 
 def _quiet_libraries(verbose: bool) -> None:
     """Quiet by default: the libraries' INFO chatter and weight-loading bars off."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if verbose:
         return
     import transformers

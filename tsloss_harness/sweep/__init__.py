@@ -53,8 +53,14 @@ from tsloss_harness.sweep.engine import SweepInterrupted
 __all__ = ["SweepConfig", "SweepError", "SweepInterrupted", "load_sweep_config", "parse_sweep_config", "run_sweep"]
 
 
-def run_sweep(config: SweepConfig, *, address: str | None = None, rerun_changed: bool = False, progress: bool = True,
-              parallel: int | None = None) -> dict[str, Any]:
+def run_sweep(
+    config: SweepConfig,
+    *,
+    address: str | None = None,
+    rerun_changed: bool = False,
+    progress: bool = True,
+    parallel: int | None = None,
+) -> dict[str, Any]:
     """Run (or reuse) every cell on Ray, score them, write the board; return counts, failures, ratios.
     Raises SweepInterrupted on Ctrl-C (after stopping the running cells)."""
     from tsloss_harness.sweep import engine, grid
@@ -71,8 +77,12 @@ def run_sweep(config: SweepConfig, *, address: str | None = None, rerun_changed:
                 for folder in (c.run_dir, c.dir / "eval"):
                     shutil.rmtree(folder, ignore_errors=True)
         changed = {}
-    todo = [c for c in cells if c.name not in changed
-            and (states[c.name][0] != "done" or (eval_spec is not None and not grid.eval_done(c, eval_spec)))]
+    todo = [
+        c
+        for c in cells
+        if c.name not in changed
+        and (states[c.name][0] != "done" or (eval_spec is not None and not grid.eval_done(c, eval_spec)))
+    ]
     specs = [_cell_spec(c, c.config, eval_spec) for c in todo]
     no_prompt = _no_prompt_cells(config, cells) if eval_config and eval_config.no_prompt else []
     specs += [_cell_spec(c, None, eval_spec) for c in no_prompt if not grid.eval_done(c, eval_spec)]
@@ -98,9 +108,19 @@ def _cell_spec(cell, config: dict | None, eval_spec: dict | None) -> dict:
             format_model_args({"pretrained": model, "prompt": cell.dir / "tune" / "prompt", **eval_spec["model_args"]})
         except ValueError as e:
             raise SweepError(f"cell {cell.name}: {e}") from None
-    return {"name": cell.name, "key": cell.key, "dir": str(cell.dir), "config": config, "model": model,
-            "eval": eval_spec, "num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "ranks": r.ranks, "threads": r.threads,
-            "attempt": 1}
+    return {
+        "name": cell.name,
+        "key": cell.key,
+        "dir": str(cell.dir),
+        "config": config,
+        "model": model,
+        "eval": eval_spec,
+        "num_cpus": r.num_cpus,
+        "num_gpus": r.num_gpus,
+        "ranks": r.ranks,
+        "threads": r.threads,
+        "attempt": 1,
+    }
 
 
 def _no_prompt_cells(config: SweepConfig, cells: list) -> list:
@@ -114,12 +134,15 @@ def _no_prompt_cells(config: SweepConfig, cells: list) -> list:
     return [Cell({"model": m}, root / f"model={names[repr(m)]}", {"model": m}, resources, {"model": m}) for m in models]
 
 
-def _report(config: SweepConfig, cells: list, no_prompt: list, scored: bool, records: dict, changed: dict, ran: int) -> dict:
+def _report(
+    config: SweepConfig, cells: list, no_prompt: list, scored: bool, records: dict, changed: dict, ran: int
+) -> dict:
     from tsloss_harness.sweep import results
 
     out = Path(config.output_dir).expanduser().resolve()
-    finished = [results.read_cell(c.key, c.run_dir, c.dir / "eval" if scored else None)
-                for c in cells if c.name not in changed]
+    finished = [
+        results.read_cell(c.key, c.run_dir, c.dir / "eval" if scored else None) for c in cells if c.name not in changed
+    ]
     bases = [results.read_cell(c.key, c.run_dir, c.dir / "eval") for c in no_prompt]
     ratios = results.convergence_ratios(finished, config.baseline)
     varying = {k for k in (cells[0].key if cells else {}) if k != "seed" and len({repr(c.key[k]) for c in cells}) > 1}
@@ -130,9 +153,20 @@ def _report(config: SweepConfig, cells: list, no_prompt: list, scored: bool, rec
     (out / "ratios.json").write_text(json.dumps(ratios, indent=2) + "\n")
     (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n")
     failed = [(name, r["error"]) for name, r in records.items() if r.get("state") == "failed"]
-    failed += [(name, f"finished with another config ({diff}); --rerun-changed deletes and redoes it")
-               for name, diff in changed.items()]
-    return {"cells": len(cells), "ran": ran, "reused": len(cells) - ran - len(changed), "failed": failed, "ratios": ratios, "leaderboard": str(board), "board": board_text, "records": records}
+    failed += [
+        (name, f"finished with another config ({diff}); --rerun-changed deletes and redoes it")
+        for name, diff in changed.items()
+    ]
+    return {
+        "cells": len(cells),
+        "ran": ran,
+        "reused": len(cells) - ran - len(changed),
+        "failed": failed,
+        "ratios": ratios,
+        "leaderboard": str(board),
+        "board": board_text,
+        "records": records,
+    }
 
 
 # ------------------------------------------------------------------------------------------- CLI

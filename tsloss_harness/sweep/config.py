@@ -105,7 +105,9 @@ class SweepConfig:
 
     def resources_for(self, setting: Setting | None) -> Resources:
         values = {**self.resources, **(setting.resources if setting else {})}
-        return _resources(values, f"settings.{setting.name}.resources" if setting and setting.resources else "resources")
+        return _resources(
+            values, f"settings.{setting.name}.resources" if setting and setting.resources else "resources"
+        )
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
@@ -151,7 +153,9 @@ def check(config: SweepConfig) -> None:
         _tune_values(setting.tune, f"settings.{setting.name}.tune", tune_fields)
         for name, values in setting.axes.items():
             if name not in config.axes:
-                raise SweepError(f"settings.{setting.name}.axes: {name!r} is not one of axes ({', '.join(config.axes) or 'none'})")
+                raise SweepError(
+                    f"settings.{setting.name}.axes: {name!r} is not one of axes ({', '.join(config.axes) or 'none'})"
+                )
             _axis(name, values, f"settings.{setting.name}.axes", tune_fields)
         config.resources_for(setting)
     config.resources_for(None)
@@ -174,7 +178,9 @@ def check(config: SweepConfig) -> None:
 
 
 def _int_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _tune_values(values: Any, where: str, tune_fields: set[str]) -> None:
@@ -290,7 +296,9 @@ def _check_baseline(config: SweepConfig, settings: list[Setting]) -> None:
     for axis, value in config.baseline.items():
         if axis == "setting":
             if value not in config.settings:
-                raise SweepError(f"baseline: setting {value!r} is not one of settings ({', '.join(config.settings) or 'none'})")
+                raise SweepError(
+                    f"baseline: setting {value!r} is not one of settings ({', '.join(config.settings) or 'none'})"
+                )
             continue
         if axis not in config.axes:
             raise SweepError(f"baseline: {axis!r} is not an axis (axes: {', '.join(config.axes) or 'none'})")

@@ -50,8 +50,9 @@ def connect(address: str | None) -> Callable[[], None]:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=_usable_cpus(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                     **quiet)
+            ray.init(
+                num_cpus=_usable_cpus(), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet
+            )
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise SweepError(f"cannot start or join {where}: {first_line(e)}") from None
@@ -72,8 +73,10 @@ def check_fits(specs: list[dict]) -> None:
         need = {"CPU": spec["num_cpus"], "GPU": spec["num_gpus"]}
         if not any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
             largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in need}
-            raise SweepError(f"cell {spec['name']} asks for {spec['num_cpus']:g} CPU(s) and {spec['num_gpus']:g} GPU(s); "
-                             f"the largest node has {largest['CPU']:g} and {largest['GPU']:g}")
+            raise SweepError(
+                f"cell {spec['name']} asks for {spec['num_cpus']:g} CPU(s) and {spec['num_gpus']:g} GPU(s); "
+                f"the largest node has {largest['CPU']:g} and {largest['GPU']:g}"
+            )
 
 
 def run_cells(specs: list[dict], retries: int, progress: bool = True, parallel: int | None = None) -> dict[str, dict]:
@@ -92,7 +95,12 @@ def run_cells(specs: list[dict], retries: int, progress: bool = True, parallel: 
 
     def submit(spec: dict) -> None:
         spec = {**spec, "token": uuid.uuid4().hex}
-        options = {"num_cpus": spec["num_cpus"], "num_gpus": spec["num_gpus"], "max_retries": 0, "name": f"cell {spec['name']}"}
+        options = {
+            "num_cpus": spec["num_cpus"],
+            "num_gpus": spec["num_gpus"],
+            "max_retries": 0,
+            "name": f"cell {spec['name']}",
+        }
         inflight[remote.options(**options).remote(spec)] = spec
 
     shown = ""
@@ -135,8 +143,14 @@ def _outcome(ref) -> dict:
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None) or e
         text = str(cause).strip().splitlines()
-        return {"ok": False, "stage": "ray", "rc": None, "retryable": True, "resumed_from": None,
-                "error": f"{type(cause).__name__}: {text[-1] if text else ''}".strip(": ")}
+        return {
+            "ok": False,
+            "stage": "ray",
+            "rc": None,
+            "retryable": True,
+            "resumed_from": None,
+            "error": f"{type(cause).__name__}: {text[-1] if text else ''}".strip(": "),
+        }
 
 
 def _is_running(spec: dict) -> bool:

@@ -40,7 +40,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return "/".join(self.dir.parts[-len(self.key):])
+        return "/".join(self.dir.parts[-len(self.key) :])
 
     @property
     def group(self) -> tuple:
@@ -110,7 +110,9 @@ def _path_names(axis: str, values: list) -> dict[str, str]:
     return names
 
 
-def _tune_values(config: SweepConfig, setting: Setting | None, point: dict, seed: int, out: Path, cell_dir: Path) -> dict:
+def _tune_values(
+    config: SweepConfig, setting: Setting | None, point: dict, seed: int, out: Path, cell_dir: Path
+) -> dict:
     """Precedence: testbed tuner defaults < tune < the setting's tune < the cell's axis values; then the
     values the sweep derives (batch size and accuracy rows from num_samples, the data, seed, output)."""
     given = {**config.tune, **(setting.tune if setting else {}), **point}
@@ -170,7 +172,11 @@ def prepare(cells: list[Cell]) -> None:
                 c.values["model"] = testbed
     for c in cells:
         folder = Path(c.values["data_dir"] or "")
-        if folder.name.startswith("gsm8k-seed") and folder.parent.name == "data" and not (folder / "train.jsonl").is_file():
+        if (
+            folder.name.startswith("gsm8k-seed")
+            and folder.parent.name == "data"
+            and not (folder / "train.jsonl").is_file()
+        ):
             _generate_rows(folder, c.values["seed"], c.values["num_samples"])
     _resolve(cells)
 
@@ -223,7 +229,9 @@ def config_diff(stored: dict, resolved: dict, tune_config_class: type) -> str | 
 
     A field the stored config lacks (added to TuneConfig since) counts as equal when the new value is
     that field's default: the old run trained exactly that way."""
-    defaults = {f.name: f.default for f in dataclasses.fields(tune_config_class) if f.default is not dataclasses.MISSING}
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(tune_config_class) if f.default is not dataclasses.MISSING
+    }
     gone = sorted(set(stored) - set(resolved) - NOT_COMPARED)
     if gone:
         return f"the run has field(s) TuneConfig no longer has: {', '.join(gone)}"

@@ -84,8 +84,15 @@ def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> lis
             base = by_value[_value_key(base_value)][1]
             for vkey, (value, ours) in by_value.items():
                 if vkey != _value_key(base_value):
-                    out.append({"group": dict(rest), "axis": axis, "value": value, "baseline": base_value,
-                                **_ratio_entry(ours, base)})
+                    out.append(
+                        {
+                            "group": dict(rest),
+                            "axis": axis,
+                            "value": value,
+                            "baseline": base_value,
+                            **_ratio_entry(ours, base),
+                        }
+                    )
     return out
 
 
@@ -96,17 +103,27 @@ def _ratio_entry(ours: dict, base: dict) -> dict:
     # seeds where both converged at a step > 0 (a ratio needs it): the same rows and initial prompt
     pairs = [(ours[s], base[s]) for s in sorted(ours) if s in base and ours[s] and base[s]]
     paired = leaderboard.paired_ratio_ci(*zip(*pairs, strict=True)) if pairs else (None, None, None)
-    return {"ratio": ratio[0], "ci95": [ratio[1], ratio[2]], "converged": len(a), "runs": len(ours),
-            "baseline_converged": len(b), "baseline_runs": len(base),
-            "paired_ratio": paired[0], "paired_ci95": [paired[1], paired[2]], "pairs": len(pairs)}
+    return {
+        "ratio": ratio[0],
+        "ci95": [ratio[1], ratio[2]],
+        "converged": len(a),
+        "runs": len(ours),
+        "baseline_converged": len(b),
+        "baseline_runs": len(base),
+        "paired_ratio": paired[0],
+        "paired_ci95": [paired[1], paired[2]],
+        "pairs": len(pairs),
+    }
 
 
 def format_ratio(r: dict) -> str:
     group = " ".join(f"{k}={v}" for k, v in r["group"].items())
-    return (f"{group + ': ' if group else ''}{r['axis']}={r['value']} ÷ {r['axis']}={r['baseline']} iterations to "
-            f"convergence = {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; converged "
-            f"{r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['baseline_runs']}); paired by seed "
-            f"{_fmt(r['paired_ratio'])} (95% CI {_fmt(r['paired_ci95'][0])}–{_fmt(r['paired_ci95'][1])}, {r['pairs']} seeds)")
+    return (
+        f"{group + ': ' if group else ''}{r['axis']}={r['value']} ÷ {r['axis']}={r['baseline']} iterations to "
+        f"convergence = {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; converged "
+        f"{r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['baseline_runs']}); paired by seed "
+        f"{_fmt(r['paired_ratio'])} (95% CI {_fmt(r['paired_ci95'][0])}–{_fmt(r['paired_ci95'][1])}, {r['pairs']} seeds)"
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -132,8 +149,15 @@ def group_rows(cells: list[CellResult], no_prompt: list[CellResult]) -> tuple[li
         row = [str(v) for v in values] + [f"{len(done)}/{len(members)}", _iterations(steps)]
         row += [_mean_ci([c["scores"][t] for c in done if t in c["scores"]]) for t in tasks]
         rows.append(row)
-        records.append({"group": dict(zip(axes, values, strict=True)), "finished": len(done), "cells": len(members),
-                        "converged_steps": steps, "scores": {t: [c["scores"].get(t) for c in done] for t in tasks}})
+        records.append(
+            {
+                "group": dict(zip(axes, values, strict=True)),
+                "finished": len(done),
+                "cells": len(members),
+                "converged_steps": steps,
+                "scores": {t: [c["scores"].get(t) for c in done] for t in tasks},
+            }
+        )
     for base in no_prompt:  # the model without a prompt (--model hf): one row per model
         label = f"no prompt: {base['key'].get('model')}"
         head = [label] + [""] * (len(axes) - 1) + [""] if axes else [label]
@@ -147,7 +171,9 @@ def _iterations(steps: list) -> str:
         return "—"
     if not converged:
         return f"not conv. (0/{len(steps)})"
-    return _mean_ci(converged, digits=1) + ("" if len(converged) == len(steps) else f" ({len(converged)}/{len(steps)} conv.)")
+    return _mean_ci(converged, digits=1) + (
+        "" if len(converged) == len(steps) else f" ({len(converged)}/{len(steps)} conv.)"
+    )
 
 
 def _mean_ci(values: list[float], digits: int = 1) -> str:
@@ -161,14 +187,17 @@ def _mean_ci(values: list[float], digits: int = 1) -> str:
 def render_board(cells: list[CellResult], no_prompt: list[CellResult], varying: set[str]) -> tuple[str, list[dict]]:
     """The board's markdown and its group records (groups.json)."""
     columns, rows, records = group_rows(cells, no_prompt)
-    text = ("### Sweep: cell groups (cells that differ only in seed)\n\n" + leaderboard.markdown_table(columns, rows)
-            + "\n\nmean ± 95% CI half-width over seeds (Student t); iterations over converged runs; scores: lm-eval, "
-            "the leaderboard's metric per task.\n")
+    text = (
+        "### Sweep: cell groups (cells that differ only in seed)\n\n"
+        + leaderboard.markdown_table(columns, rows)
+        + "\n\nmean ± 95% CI half-width over seeds (Student t); iterations over converged runs; scores: lm-eval, "
+        "the leaderboard's metric per task.\n"
+    )
     if varying <= PAPER_AXES:
         sources = [s for c in cells + no_prompt for s in c["sources"]]
         if sources:
             measurements, _ = leaderboard.collect(sources)
             text += "\n" + leaderboard.render(leaderboard.build_tables(measurements), "md")
     else:
-        text += (f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n")
+        text += f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n"
     return text, records

@@ -42,8 +42,16 @@ def run_cell(spec: dict) -> dict:
     """Tune (unless finished) and score (when asked and not done) one cell; a dict saying how it went."""
     cell_dir = Path(spec["dir"])
     cell_dir.mkdir(parents=True, exist_ok=True)
-    outcome = {"ok": True, "attempt": spec["attempt"], "host": socket.gethostname(), "stage": None, "rc": 0,
-               "error": None, "retryable": False, "resumed_from": None}
+    outcome = {
+        "ok": True,
+        "attempt": spec["attempt"],
+        "host": socket.gethostname(),
+        "stage": None,
+        "rc": 0,
+        "error": None,
+        "retryable": False,
+        "resumed_from": None,
+    }
     marker = _Marker(cell_dir / "running.json", spec["token"])
     started = time.time()
     try:
@@ -68,7 +76,9 @@ def _tune_finished(spec: dict) -> bool:
         summary = json.loads((Path(spec["dir"]) / "tune" / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(summary.get("config"), dict) and config_diff(summary["config"], spec["config"], TuneConfig) is None
+    return (
+        isinstance(summary.get("config"), dict) and config_diff(summary["config"], spec["config"], TuneConfig) is None
+    )
 
 
 def _resumable(run_dir: Path, config: dict) -> str | None:
@@ -85,7 +95,11 @@ def _resumable(run_dir: Path, config: dict) -> str | None:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return latest.read_text().strip() if isinstance(saved, dict) and config_diff(saved, config, TuneConfig) is None else None
+    return (
+        latest.read_text().strip()
+        if isinstance(saved, dict) and config_diff(saved, config, TuneConfig) is None
+        else None
+    )
 
 
 def tune_command(spec: dict, config_yaml: Path, resume: bool, gpu_ids: list[str]) -> list[str]:
@@ -115,13 +129,21 @@ def _tune(spec: dict, marker: _Marker) -> dict:
     if spec["ranks"] > 1 and gpu_ids:  # the launcher's --include names them; it must see every GPU of the node
         env.pop("CUDA_VISIBLE_DEVICES", None)
     cmd = tune_command(spec, config_yaml, tag is not None, gpu_ids)
-    header = f"attempt {spec['attempt']} on {socket.gethostname()}: " + (f"resume from {tag}" if tag else "from the start")
+    header = f"attempt {spec['attempt']} on {socket.gethostname()}: " + (
+        f"resume from {tag}" if tag else "from the start"
+    )
     rc, error = _run_child(cmd, cell_dir / "tune.log", header, env, cell_dir, marker, "tune")
     ok = rc == 0 and (run_dir / "summary.json").is_file()
     if rc == 0 and not ok:
         error = "the tuner exited 0 without writing summary.json"
-    return {"ok": ok, "stage": "tune", "rc": rc, "error": None if ok else error,
-            "retryable": not ok and rc != BAD_INPUT, "resumed_from": tag}
+    return {
+        "ok": ok,
+        "stage": "tune",
+        "rc": rc,
+        "error": None if ok else error,
+        "retryable": not ok and rc != BAD_INPUT,
+        "resumed_from": tag,
+    }
 
 
 def _gpu_ids(spec: dict) -> list[str]:
@@ -155,21 +177,46 @@ def _eval(spec: dict, marker: _Marker) -> dict:
         pass
     shutil.rmtree(eval_dir, ignore_errors=True)  # a partial or differently configured scoring
     with_prompt = spec["config"] is not None
-    model_args = {"pretrained": spec["model"], **({"prompt": str(cell_dir / "tune" / "prompt")} if with_prompt else {}),
-                  **e["model_args"]}
+    model_args = {
+        "pretrained": spec["model"],
+        **({"prompt": str(cell_dir / "tune" / "prompt")} if with_prompt else {}),
+        **e["model_args"],
+    }
     cmd = processes.lm_eval_command(
-        "tsprompt" if with_prompt else "hf", model_args, e["tasks"], eval_dir,
-        include_path=e["include_path"] or tasks_dir(), batch_size=e["batch_size"], num_fewshot=e["num_fewshot"],
-        limit=e["limit"], gen_kwargs=e["gen_kwargs"], device=e["device"], log_samples=e["log_samples"],
+        "tsprompt" if with_prompt else "hf",
+        model_args,
+        e["tasks"],
+        eval_dir,
+        include_path=e["include_path"] or tasks_dir(),
+        batch_size=e["batch_size"],
+        num_fewshot=e["num_fewshot"],
+        limit=e["limit"],
+        gen_kwargs=e["gen_kwargs"],
+        device=e["device"],
+        log_samples=e["log_samples"],
     )
     env = processes.child_env(spec["threads"], e["env"])
-    rc, error = _run_child(cmd, cell_dir / "eval.log", f"attempt {spec['attempt']} on {socket.gethostname()}",
-                           env, cell_dir, marker, "eval")
+    rc, error = _run_child(
+        cmd,
+        cell_dir / "eval.log",
+        f"attempt {spec['attempt']} on {socket.gethostname()}",
+        env,
+        cell_dir,
+        marker,
+        "eval",
+    )
     results = sorted(str(p) for p in eval_dir.rglob("results_*.json"))
     if rc != 0 or not results:
-        return {"ok": False, "stage": "eval", "rc": rc, "retryable": True,
-                "error": error if rc != 0 else "lm_eval exited 0 without a results file"}
-    (eval_dir / "eval.json").write_text(json.dumps({"spec": e, "results": results, "command": shlex.join(cmd)}, indent=2))
+        return {
+            "ok": False,
+            "stage": "eval",
+            "rc": rc,
+            "retryable": True,
+            "error": error if rc != 0 else "lm_eval exited 0 without a results file",
+        }
+    (eval_dir / "eval.json").write_text(
+        json.dumps({"spec": e, "results": results, "command": shlex.join(cmd)}, indent=2)
+    )
     return {}
 
 
@@ -193,7 +240,9 @@ class _Marker:
         self.path.unlink(missing_ok=True)
 
 
-def _run_child(cmd: list[str], log_path: Path, header: str, env: dict, cwd: Path, marker: _Marker, stage: str) -> tuple[int, str | None]:
+def _run_child(
+    cmd: list[str], log_path: Path, header: str, env: dict, cwd: Path, marker: _Marker, stage: str
+) -> tuple[int, str | None]:
     """Run ``cmd`` in its own process group, output appended to ``log_path``; (exit code, last error line).
 
     Waits in short slices so that Ray's cancel (an exception raised between bytecodes) lands promptly;
@@ -204,8 +253,15 @@ def _run_child(cmd: list[str], log_path: Path, header: str, env: dict, cwd: Path
         log.write(f"==== {header}: {shlex.join(cmd[4:] if cmd[1] == '-c' else cmd)}\n")
         log.flush()
         start = log.tell()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
         marker.write(stage=stage, pid=proc.pid)
         try:
             while True:

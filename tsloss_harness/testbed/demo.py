@@ -50,10 +50,6 @@ def default_tasks_dir() -> Path:
     return tasks_dir()
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------------ phases
 
 
@@ -146,15 +142,26 @@ def _evaluate(args: argparse.Namespace, model: Path, data_dir: Path, tasks_dir: 
     # Without rendezvous variables (a launcher's, if the demo runs under one): lm-eval would
     # otherwise try to join that process group. The tuner removes the ones it sets itself.
     env = child_env(args.threads, {**OFFLINE_ENV, "TSLOSS_GSM8K_DIR": str(data_dir.resolve())})
-    common = ["--tasks", ",".join(TASKS), "--include_path", str(tasks_dir.resolve()), "--num_fewshot", "0",
-              "--batch_size", str(args.batch_size), "--log_samples"]
+    common = [
+        "--tasks",
+        ",".join(TASKS),
+        "--include_path",
+        str(tasks_dir.resolve()),
+        "--num_fewshot",
+        "0",
+        "--batch_size",
+        str(args.batch_size),
+        "--log_samples",
+    ]
     prompt_dir = (out / "tune" / "prompt").resolve()
     runs = {
         "tsprompt": ["--model", "tsprompt", "--model_args", f"pretrained={model},prompt={prompt_dir}"],
         "hf": ["--model", "hf", "--model_args", f"pretrained={model}"],
     }
-    _say(f"[4/5] lm-eval: {', '.join(TASKS)} (0-shot, greedy) on the tuned rows, with the prompt (tsprompt) "
-         "and without it (hf), side by side")
+    _say(
+        f"[4/5] lm-eval: {', '.join(TASKS)} (0-shot, greedy) on the tuned rows, with the prompt (tsprompt) "
+        "and without it (hf), side by side"
+    )
     return _lm_eval_pair(runs, common, out / "lm_eval", env)
 
 
@@ -196,8 +203,10 @@ def _tune(args, model: Path, data_dir: Path, run_dir: Path) -> dict:
         topology_every=max(1, steps // 10),
         save_every=max(1, steps // 4),
     )
-    _say(f"[3/5] tune: {config.num_virtual_tokens}-token {config.regularizer} prompt, {steps} steps, lr {config.lr}, "
-         f"batch {config.batch_size} -> {run_dir}")
+    _say(
+        f"[3/5] tune: {config.num_virtual_tokens}-token {config.regularizer} prompt, {steps} steps, lr {config.lr}, "
+        f"batch {config.batch_size} -> {run_dir}"
+    )
     # As `tsloss tune` does: libraries' INFO chatter and load bars off, the tuner's own bar stays.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -239,8 +248,12 @@ def _lm_eval_pair(runs: dict[str, list[str]], common: list[str], root: Path, env
         (out / "command.txt").write_text(shlex.join(cmd) + "\n")
         log = open(out / "lm_eval.log", "w")
         # lm-eval of this interpreter (its environment's, with tsprompt registered by the package's .pth hook)
-        procs[name] = (subprocess.Popen([sys.executable, "-m", *cmd], stdout=log, stderr=subprocess.STDOUT, env=env),
-                       log, out, cmd)
+        procs[name] = (
+            subprocess.Popen([sys.executable, "-m", *cmd], stdout=log, stderr=subprocess.STDOUT, env=env),
+            log,
+            out,
+            cmd,
+        )
     results = {}
     for name, (proc, log, out, cmd) in procs.items():
         rc = proc.wait()

@@ -76,7 +76,9 @@ SIZES: dict[str, TestbedSize] = {
     # The issue's measurement: 2 layers x 128 hidden, 2,000-token BPE, ~950 steps of 16 x 256 tokens.
     "default": TestbedSize(steps=950, batch_size=16, seq_len=256, lr=3e-3, generated_rows=20000, model=_SHAPE_128),
     # For the test suite: same shape, a fraction of the budget (<= 60 s on 2 cores).
-    "quick": TestbedSize(steps=150, batch_size=16, seq_len=256, lr=3e-3, generated_rows=4000, warmup_steps=15, model=_SHAPE_128),
+    "quick": TestbedSize(
+        steps=150, batch_size=16, seq_len=256, lr=3e-3, generated_rows=4000, warmup_steps=15, model=_SHAPE_128
+    ),
 }
 
 # Tuner settings for single-sample prompt tuning on a testbed (everything else: the tuner's paper
@@ -269,9 +271,21 @@ def build_testbed(
         entry = root / f"{arch}-{size}-seed{seed}-{key[:12]}"
         if not _is_complete(entry, key):
             root.mkdir(parents=True, exist_ok=True)
-            _train(entry, corpus_info, arch=arch, size_name=size, size=preset, seed=seed, key=key, minutes=minutes, progress=progress)
+            _train(
+                entry,
+                corpus_info,
+                arch=arch,
+                size_name=size,
+                size=preset,
+                seed=seed,
+                key=key,
+                minutes=minutes,
+                progress=progress,
+            )
         return entry if out is None else _copy_to(entry, out)
-    _train(out, corpus_info, arch=arch, size_name=size, size=preset, seed=seed, key=key, minutes=minutes, progress=progress)
+    _train(
+        out, corpus_info, arch=arch, size_name=size, size=preset, seed=seed, key=key, minutes=minutes, progress=progress
+    )
     return out
 
 
@@ -313,17 +327,30 @@ def _train(final_dir: Path, corpus_info, *, arch, size_name, size: TestbedSize, 
         train_ids, val_ids = _pack(texts[n_val:], tokenizer), _pack(texts[:n_val], tokenizer)
         if len(train_ids) <= size.seq_len + 1:
             raise TestbedError(f"corpus too small: {len(train_ids)} tokens for windows of {size.seq_len + 1}")
-        losses, stopped_early = _pretrain(model, train_ids, size, seed, deadline,
-                                          bar_label=f"testbed {arch}/{size_name}" if progress else None)
+        losses, stopped_early = _pretrain(
+            model, train_ids, size, seed, deadline, bar_label=f"testbed {arch}/{size_name}" if progress else None
+        )
         val_loss = _held_out_loss(model, val_ids, size, seed)
 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(tmp / "_tokenizer")
         shutil.rmtree(tmp / "_init")
-        card = _card(model, key=key, arch=arch, size_name=size_name, size=size, corpus_info=corpus_info, seed=seed,
-                     losses=losses, stopped_early=stopped_early, corpus_tokens=len(train_ids), val_loss=val_loss,
-                     wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - cpu0)
+        card = _card(
+            model,
+            key=key,
+            arch=arch,
+            size_name=size_name,
+            size=size,
+            corpus_info=corpus_info,
+            seed=seed,
+            losses=losses,
+            stopped_early=stopped_early,
+            corpus_tokens=len(train_ids),
+            val_loss=val_loss,
+            wall_s=time.perf_counter() - t0,
+            cpu_s=time.process_time() - cpu0,
+        )
         (tmp / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(card))
         _publish(tmp, final_dir)
@@ -398,8 +425,22 @@ def _held_out_loss(model, val_ids, size: TestbedSize, seed: int) -> float | None
         return sum(_lm_loss(model, *_windows(val_ids, size, val_gen)).item() for _ in range(4)) / 4
 
 
-def _card(model, *, key, arch, size_name, size, corpus_info, seed, losses, stopped_early, corpus_tokens, val_loss,
-          wall_s, cpu_s) -> dict:
+def _card(
+    model,
+    *,
+    key,
+    arch,
+    size_name,
+    size,
+    corpus_info,
+    seed,
+    losses,
+    stopped_early,
+    corpus_tokens,
+    val_loss,
+    wall_s,
+    cpu_s,
+) -> dict:
     """testbed.json: what was built, from what, how, and what it reached."""
     import torch
 
@@ -421,7 +462,11 @@ def _card(model, *, key, arch, size_name, size, corpus_info, seed, losses, stopp
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "corpus": corpus_info,
-        "training": {**asdict(size), "optimizer": "AdamW(betas=(0.9, 0.95))", "schedule": "linear warm-up, cosine decay"},
+        "training": {
+            **asdict(size),
+            "optimizer": "AdamW(betas=(0.9, 0.95))",
+            "schedule": "linear warm-up, cosine decay",
+        },
         "steps": len(losses),
         "steps_planned": size.steps,
         "stopped_early": stopped_early,
@@ -440,7 +485,9 @@ def _card(model, *, key, arch, size_name, size, corpus_info, seed, losses, stopp
 
 def _readme(card: dict) -> str:
     s, c = card["shape"], card["corpus"]
-    corpus = f"generated GSM8K-format rows ({c['rows']})" if c["kind"] == "generated" else f"{c['path']} ({c['rows']} rows)"
+    corpus = (
+        f"generated GSM8K-format rows ({c['rows']})" if c["kind"] == "generated" else f"{c['path']} ({c['rows']} rows)"
+    )
     early = " (stopped early by the time cap)" if card["stopped_early"] else ""
     return (
         f"# tsloss-harness testbed: {card['arch']} / {card['size']}\n\n"

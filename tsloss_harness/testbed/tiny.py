@@ -32,9 +32,7 @@ DEFAULT_SIZE = dict(
 # Qwen2's pre-tokenizer split (letters, single digits, punctuation runs, whitespace), as in Llama 3.
 # It must equal transformers' Qwen2Tokenizer regex: transformers 5 rebuilds that pipeline whenever a
 # qwen2 model directory is loaded, so any other split would tokenize differently there.
-PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 def build_tokenizer(out_dir, *, vocab_size: int = 2000, seed: int = 0, texts=None) -> Path:

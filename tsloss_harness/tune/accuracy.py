@@ -33,21 +33,31 @@ def train_accuracy(engine, tokenizer, examples, template, config, world_size, ze
             length = max(map(len, batch))
             ids = torch.tensor([[pad] * (length - len(c)) + c for c in batch], device=engine.device)
             mask = torch.tensor([[0] * (length - len(c)) + [1] * len(c) for c in batch], device=engine.device)
-            kwargs = dict(max_new_tokens=max_new, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                          synced_gpus=zero_stage == 3 and world_size > 1)
+            kwargs = dict(
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+                synced_gpus=zero_stage == 3 and world_size > 1,
+            )
             if deep:
                 matrix = engine.module.prompt_matrix()  # whole under ZeRO-3 (the encoder's hooks gather it)
                 base = peft_model.get_base_model()
                 cache = prefix_cache(matrix.to(base.dtype), len(batch), peft_config, base.config)
-                out = base.generate(input_ids=torch.cat([ids.new_full((len(batch), p), pad), ids], dim=1),
-                                    attention_mask=torch.cat([mask.new_ones(len(batch), p), mask], dim=1),
-                                    past_key_values=cache, **kwargs)[:, p:]
+                out = base.generate(
+                    input_ids=torch.cat([ids.new_full((len(batch), p), pad), ids], dim=1),
+                    attention_mask=torch.cat([mask.new_ones(len(batch), p), mask], dim=1),
+                    past_key_values=cache,
+                    **kwargs,
+                )[:, p:]
             else:  # the prompt rows in front of the (left-padded) embeddings, as PEFT places them
                 prompt = engine.module.prompt_matrix()
                 embeds = peft_model.word_embeddings(ids)
                 embeds = torch.cat([prompt.to(embeds.dtype).unsqueeze(0).expand(len(batch), -1, -1), embeds], dim=1)
                 out = peft_model.get_base_model().generate(
-                    inputs_embeds=embeds, attention_mask=torch.cat([mask.new_ones(len(batch), p), mask], dim=1), **kwargs
+                    inputs_embeds=embeds,
+                    attention_mask=torch.cat([mask.new_ones(len(batch), p), mask], dim=1),
+                    **kwargs,
                 )  # decoder-only generate from embeddings returns the new tokens only
                 out = torch.cat([ids, out], dim=1)
             for ex, seq in zip(rows[start:], out[:, length:]):

@@ -26,7 +26,9 @@ def tokenize(examples, tokenizer, max_length: int | None):
         if max_length is not None and len(whole) > max_length:
             cut = len(whole) - max_length
             if cut >= n_context:
-                raise TuneError(f"max_length={max_length} leaves no context for a row with a {len(whole) - n_context}-token answer")
+                raise TuneError(
+                    f"max_length={max_length} leaves no context for a row with a {len(whole) - n_context}-token answer"
+                )
             whole, n_context = whole[cut:], n_context - cut
         rows.append((whole, n_context))
     return rows

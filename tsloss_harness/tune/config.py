@@ -104,8 +104,17 @@ def load_config(argv: list[str] | None = None) -> TuneConfig:
 
 
 # Flags that may change between a run and its --resume; all others must match the saved config.yaml.
-FREE_ON_RESUME = {"resume", "progress", "eval_every", "eval_max_samples", "eval_batch_size", "topology_every",
-                  "save_every", "stop_at_convergence", "tensorboard"}
+FREE_ON_RESUME = {
+    "resume",
+    "progress",
+    "eval_every",
+    "eval_max_samples",
+    "eval_batch_size",
+    "topology_every",
+    "save_every",
+    "stop_at_convergence",
+    "tensorboard",
+}
 
 
 def validate(config: TuneConfig) -> None:
@@ -131,21 +140,28 @@ def _check_choices(config: TuneConfig) -> None:
         # vocabulary rows are input embeddings; a prefix is keys/values (or the MLP's [P, d_kv] input)
         raise TuneError(f"init {config.init!r} is for --method prompt; --method {config.method} takes normal or peft")
     if config.prefix_hidden_size is not None and (config.method != "prefix" or config.prefix_hidden_size < 1):
-        raise TuneError(f"prefix_hidden_size must be >= 1 and is for --method prefix, got {config.prefix_hidden_size} "
-                        f"with --method {config.method}")
+        raise TuneError(
+            f"prefix_hidden_size must be >= 1 and is for --method prefix, got {config.prefix_hidden_size} "
+            f"with --method {config.method}"
+        )
 
 
 def adaptive_ratios(config: TuneConfig) -> dict[str, float]:
     """{"h0": r, "h1": r}: the halves whose β is set adaptively (a subset; empty: fixed β)."""
-    return {h: getattr(config, f"adaptive_ratio_{h}") for h in ("h0", "h1")
-            if getattr(config, f"adaptive_ratio_{h}") is not None}
+    return {
+        h: getattr(config, f"adaptive_ratio_{h}")
+        for h in ("h0", "h1")
+        if getattr(config, f"adaptive_ratio_{h}") is not None
+    }
 
 
 def _check_adaptive(config: TuneConfig) -> None:
     for half, ratio in adaptive_ratios(config).items():
         if half not in REGULARIZERS[config.regularizer].halves:
-            raise TuneError(f"adaptive_ratio_{half} needs a regularizer with an {half.upper()} term "
-                            f"({', '.join(with_half(half))}), got {config.regularizer!r}")
+            raise TuneError(
+                f"adaptive_ratio_{half} needs a regularizer with an {half.upper()} term "
+                f"({', '.join(with_half(half))}), got {config.regularizer!r}"
+            )
         if not (math.isfinite(ratio) and ratio >= 0):
             raise TuneError(f"adaptive_ratio_{half} must be a finite number >= 0, got {ratio}")
         if config.lambda_ts <= 0:

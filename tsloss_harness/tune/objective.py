@@ -133,8 +133,9 @@ class PromptTuningLoss(nn.Module):
         self.ratios = tuple(float(adaptive[h]) for h in self.adaptive_halves)
         # the adaptive terms leave the fixed-weight call; each is computed alone with weight 1
         self.fixed_kwargs = {**reg_kwargs, **{f"beta_{h}": 0.0 for h in self.adaptive_halves}}
-        self.term_kwargs = [{**reg_kwargs, "beta_h0": float(h == "h0"), "beta_h1": float(h == "h1")}
-                            for h in self.adaptive_halves]
+        self.term_kwargs = [
+            {**reg_kwargs, "beta_h0": float(h == "h0"), "beta_h1": float(h == "h1")} for h in self.adaptive_halves
+        ]
         self.adaptive_values = torch.zeros(len(adaptive), dtype=torch.float64)
         self.adaptive_scales = torch.zeros(len(adaptive), dtype=torch.float64)
 
@@ -160,7 +161,9 @@ class PromptTuningLoss(nn.Module):
         answer = targets != -100  # keep only the rows whose target is an answer token
         lm_head = self.peft_model.get_base_model().get_output_embeddings()
         with gathered_while((lm_head.weight, lm_head.bias)):  # ZeRO-3: whole for the CE only (memory.py)
-            ce_sum = LinearCrossEntropy.apply(predicting[answer], lm_head.weight, lm_head.bias, targets[answer], self.softcap)
+            ce_sum = LinearCrossEntropy.apply(
+                predicting[answer], lm_head.weight, lm_head.bias, targets[answer], self.softcap
+            )
         loss = ce_scale * ce_sum + self.lambda_ts * reg.float()
         return loss, ce_sum.detach(), reg.detach().float()
 
@@ -184,7 +187,9 @@ class PromptTuningLoss(nn.Module):
         mask = torch.cat([attention_mask.new_ones(batch, p), attention_mask], dim=1)
         if self.deep:
             cache = prefix_cache(matrix.to(embeds.dtype), batch, self.peft_config, base.config)
-            hidden = decoder(inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = decoder(
+                inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=True
+            ).last_hidden_state
             # hidden[:, j-1] predicts input token j (token 0, never an answer token, has no predictor)
             return hidden[:, :-1], labels[:, 1:]
         embeds = torch.cat([matrix.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)

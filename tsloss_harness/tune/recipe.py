@@ -76,8 +76,12 @@ class TuneRecipe:
             self._load_checkpoint()
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (self.is_main and self.config.progress),
-                        desc="tune")
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            disable=not (self.is_main and self.config.progress),
+            desc="tune",
+        )
         self.metrics_file = open(self.out / "metrics.jsonl", "a") if self.is_main else None
         self.monitor = MetricsMonitor(self.monitor_blocks) if self.is_main and self.monitor_blocks else None
         self.started = time.perf_counter() - self.state.wall_time_s
@@ -95,8 +99,9 @@ class TuneRecipe:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         except Exception as e:
             raise TuneError(f"cannot load the tokenizer of {config.model}: {first_line(e)}") from e
-        self.examples = apply_training_format(self.examples, self.tokenizer, self.template, config.chat_template,
-                                              config.system_instruction)  # as lm-eval renders them (chat.py)
+        self.examples = apply_training_format(
+            self.examples, self.tokenizer, self.template, config.chat_template, config.system_instruction
+        )  # as lm-eval renders them (chat.py)
         self.rows = batches.tokenize(self.examples, self.tokenizer, config.max_length)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -134,9 +139,14 @@ class TuneRecipe:
         except Exception as e:
             raise TuneError(f"cannot load model {config.model}: {first_line(e)}") from e
         base.requires_grad_(False)
-        method_config = make_method_config(config.method, config.model, base.config, init=config.init,
-                                           num_virtual_tokens=config.num_virtual_tokens,
-                                           encoder_hidden_size=config.prefix_hidden_size)
+        method_config = make_method_config(
+            config.method,
+            config.model,
+            base.config,
+            init=config.init,
+            num_virtual_tokens=config.num_virtual_tokens,
+            encoder_hidden_size=config.prefix_hidden_size,
+        )
         with torch.random.fork_rng(devices=[]):  # the prompt encoder's own init (prefix MLP, init=peft): from the seed
             torch.manual_seed(config.seed)
             self.peft_model = get_peft_model(base, method_config)
@@ -165,15 +175,21 @@ class TuneRecipe:
         from tsloss_harness.regularizers import get_regularizer
 
         config = self.config
-        self.module = objective.PromptTuningLoss(self.peft_model, get_regularizer(config.regularizer),
-                                                 self.regularizer_params(), config.lambda_ts, adaptive_ratios(config))
+        self.module = objective.PromptTuningLoss(
+            self.peft_model,
+            get_regularizer(config.regularizer),
+            self.regularizer_params(),
+            config.lambda_ts,
+            adaptive_ratios(config),
+        )
         warmup = warmup_steps(config, self.total_steps)
         self.engine, *_ = deepspeed.initialize(
             model=self.module,
             model_parameters=[p for p in self.module.parameters() if p.requires_grad],
             config=self.ds_config,
-            lr_scheduler=None if "scheduler" in self.ds_config else
-            (lambda optimizer: get_linear_schedule_with_warmup(optimizer, warmup, self.total_steps)),
+            lr_scheduler=None
+            if "scheduler" in self.ds_config
+            else (lambda optimizer: get_linear_schedule_with_warmup(optimizer, warmup, self.total_steps)),
         )
         self.engine.train()
 
@@ -220,9 +236,16 @@ class TuneRecipe:
             where = f"last good checkpoint: {saved[-1]}" if saved else "no checkpoint was saved"
             raise TuneError(f"non-finite loss at step {step} (ce={ce}, reg={reg}); stopped, {where}")
         self.state.samples += len(batch_rows)
-        return {"step": step, "epoch": epoch + (k + 1) / self.steps_per_epoch, "lr": lr,
-                "loss": ce + config.lambda_ts * reg, "ce": ce, "reg": reg,
-                "samples_per_s": len(batch_rows) / (time.perf_counter() - t0), **betas}
+        return {
+            "step": step,
+            "epoch": epoch + (k + 1) / self.steps_per_epoch,
+            "lr": lr,
+            "loss": ce + config.lambda_ts * reg,
+            "ce": ce,
+            "reg": reg,
+            "samples_per_s": len(batch_rows) / (time.perf_counter() - t0),
+            **betas,
+        }
 
     def _accumulate(self, batch_rows: list, ce_scale: float) -> torch.Tensor:
         """Forward/backward of this rank's micro-batches, then the optimizer step; returns this rank's
@@ -266,8 +289,9 @@ class TuneRecipe:
         if config.topology_every and (step % config.topology_every == 0 or final):
             record.update(self._topology())
         if config.eval_every and (step % config.eval_every == 0 or final):
-            record["accuracy"] = train_accuracy(self.engine, self.tokenizer, self.examples, self.template, config,
-                                                self.world_size, self.zero_stage)
+            record["accuracy"] = train_accuracy(
+                self.engine, self.tokenizer, self.examples, self.template, config, self.world_size, self.zero_stage
+            )
             if record["accuracy"] == 1.0 and self.state.converged_step is None:
                 self.state.converged_step = step
         self.state.step, self.state.wall_time_s = step, time.perf_counter() - self.started
@@ -292,8 +316,12 @@ class TuneRecipe:
 
     def checkpoint(self, step: int, record: dict) -> None:
         """``checkpoints/step-N``: a prompt directory, plus the engine state to resume from."""
-        self.engine.save_checkpoint(str(self.out / "engine_state"), tag=f"step-{step}",
-                                    client_state=dataclasses.asdict(self.state), exclude_frozen_parameters=True)
+        self.engine.save_checkpoint(
+            str(self.out / "engine_state"),
+            tag=f"step-{step}",
+            client_state=dataclasses.asdict(self.state),
+            exclude_frozen_parameters=True,
+        )
         self._save_prompt(self.out / "checkpoints" / f"step-{step}", step, record)
 
     # --------------------------------------------------------------------------------------- save
@@ -336,8 +364,12 @@ class TuneRecipe:
         matrix = objective.full_prompt(self.engine)
         if self.is_main:
             topology = {key: record[key] for key in METRIC_KEYS if key in record} or _topology_metrics(matrix)
-            save_prompt(directory, matrix, peft_config=self.peft_config,
-                        provenance=dict(self.provenance(), step=step, topology=topology))
+            save_prompt(
+                directory,
+                matrix,
+                peft_config=self.peft_config,
+                provenance=dict(self.provenance(), step=step, topology=topology),
+            )
 
     def provenance(self) -> dict:
         from tsloss_harness.chat import training_format
@@ -347,8 +379,11 @@ class TuneRecipe:
             "base_model": config.model,
             "method": config.method,
             "regularizer": config.regularizer,
-            "regularizer_params": {"lambda_ts": config.lambda_ts, **self.regularizer_params(),
-                                   **{f"adaptive_ratio_{h}": r for h, r in adaptive_ratios(config).items()}},
+            "regularizer_params": {
+                "lambda_ts": config.lambda_ts,
+                **self.regularizer_params(),
+                **{f"adaptive_ratio_{h}": r for h, r in adaptive_ratios(config).items()},
+            },
             "init": config.init,
             "seed": config.seed,
             "dataset": config.dataset,
