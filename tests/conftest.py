@@ -85,7 +85,7 @@ def data_dir(tmp_path_factory) -> Path:
         for j, row in enumerate(rows[i * 6 : (i + 1) * 6]):
             number = row["answer"].rsplit("#### ", 1)[1]
             choices = [number, str(int(number) + 1), str(int(number) + 2), str(int(number) + 3)]
-            letter = "ABCD"[j % 4]
+            letter = "ABCD"[(i + j) % 4]  # the answer letter varies across subjects and rows
             choices.insert("ABCD".index(letter), choices.pop(0))
             mc.append({"Question": row["question"], **dict(zip("ABCD", choices)), "Answer": letter})
         write_jsonl(mc[:5], root / "mmlu_cf" / f"{subject}_dev.jsonl")

@@ -266,7 +266,9 @@ def test_git_commit_is_the_checkouts_head_and_none_outside_one(tmp_path, prompt_
     assert load_provenance(record)["git_commit"] is None
     other_repo = tmp_path / "other_repo"
     other_repo.mkdir()
+    git = ["git", "-C", str(other_repo), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q", str(other_repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "theirs"], check=True)  # a HEAD that is not ours
     inside = _copied_prompt_module(other_repo / "vendor")
     record = inside.save_prompt(tmp_path / "i", embeddings, peft_config=prompt_config, provenance={})
     assert load_provenance(record)["git_commit"] is None
