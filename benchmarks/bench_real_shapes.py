@@ -130,7 +130,7 @@ def plan_bytes(model_dir: Path, ds: Path, method: str, gpus: int, data: Path, re
     from tsloss_harness.plan import estimate, load_ds_config, resolve_model
     from tsloss_harness.tune.batches import tokenize
 
-    rows = tokenize(load_examples("gsm8k", data), AutoTokenizer.from_pretrained(model_dir), None)
+    rows = tokenize(load_examples("gsm8k", data, num_samples=len(ROWS)), AutoTokenizer.from_pretrained(model_dir), None)
     est = estimate(
         resolve_model(str(model_dir)),
         load_ds_config(ds),

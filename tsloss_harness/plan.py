@@ -15,7 +15,8 @@ intermediate f, vocab V, N = B·answer_tokens answer positions):
   DeepSpeed keeps gathered from its forward to its backward at the turn of the step (its prefetcher
   marks what it will reuse); the prefetch bucket stage3_prefetch_bucket_size (5e7 by default);
   stage 3 with offload_param to the CPU: only the gathered ones (the rest lives in host RAM). On CPU
-  ranks (gloo) a gather holds its output twice while in flight (``estimate(gather_copies=2)``).
+  ranks (gloo) a gather holds its output twice while in flight (``estimate(gather_copies=2)``): one
+  more largest module.
 - activations kept for backward. The prompt is trainable at the INPUT, so the gradient must travel
   back through every layer and each layer keeps what its input-gradient needs, although no weight
   gets a gradient (PyTorch then saves no linear-layer inputs). Per token and layer (HF Llama / Gemma /
@@ -304,9 +305,11 @@ def estimate(
     where gloo's all_gather_into_tensor stages the whole output once more, measured)."""
     s, n = dtype_bytes, shape.num_params
     offload = ds_config["stage"] == 3 and ds_config["offload_param"] is not None
-    # Gathered at once: the largest module (as it is gathered), the decoder layer DeepSpeed keeps
-    # gathered from its forward to its backward at the turn of the step, the prefetch bucket.
-    gathered = min(n, gather_copies * shape.largest_module + shape.layer_params + ds_config["prefetch_bucket"]) * s
+    # Gathered at once (at most the whole model): the largest module, the decoder layer DeepSpeed keeps
+    # gathered from its forward to its backward at the turn of the step, the prefetch bucket; plus the
+    # in-flight copies of the largest module while it is being gathered.
+    whole_at_once = min(n, shape.largest_module + shape.layer_params + ds_config["prefetch_bucket"])
+    gathered = (whole_at_once + (gather_copies - 1) * shape.largest_module) * s
     if ds_config["stage"] < 3:
         weights = n * s
     elif offload:
