@@ -354,6 +354,7 @@ def test_dpc_saliency_and_trigger_equal_a_hand_computation(tiny_llama_dir):
     assert trigger.token == column.index(max(column))
 
 
+@pytest.mark.slow  # three models, generation
 def test_dpc_generates_again_from_the_corrupted_prompt(tiny_llama_dir, files):
     """With the trigger always firing, tsprompt's answer is the plain answer of the corrupted prompt."""
     from lm_eval.api.instance import Instance
@@ -459,6 +460,7 @@ def test_leaderboard_gives_each_method_its_own_column(cli_runs):
     assert {"prompt", "prompt+act", "prompt+dpc", "base+act"} <= set(table3.columns)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_hf_act_is_registered_at_startup(env):
     code = "from lm_eval.api.registry import get_model; print(get_model('hf-act').__name__)"
     out = subprocess.run(
