@@ -217,6 +217,7 @@ def test_act_bad_settings_fail_with_one_line(tmp_path, tiny_llama_dir):
 # ------------------------------------------------------------------------------------ ACT: calibration
 
 
+@pytest.mark.slow  # lm-eval runs
 def test_calibration_keeps_the_heads_that_beat_no_calibration(
     tiny_llama_dir, files, tasks_dir, env, monkeypatch, capsys
 ):
@@ -433,6 +434,7 @@ def cli_runs(tmp_path_factory, tiny_llama_dir, files, tasks_dir, env) -> dict:
                 proc.wait()
 
 
+@pytest.mark.slow  # lm-eval runs
 def test_cli_act_without_heads_and_dpc_that_never_fires_equal_tsprompt(cli_runs):
     plain = cli_runs["tsprompt"]
     assert compare_samples(plain, cli_runs["act_none"], "baselines_test_gsm8k") == 3
@@ -444,6 +446,7 @@ def test_cli_act_without_heads_and_dpc_that_never_fires_equal_tsprompt(cli_runs)
     assert cli_runs["hf_act"]["results"]["config"]["act"]["heads"] == [list(p) for p in CHOSEN]
 
 
+@pytest.mark.slow  # lm-eval runs
 def test_leaderboard_gives_each_method_its_own_column(cli_runs):
     from tsloss_harness.leaderboard import build_tables, collect
 
@@ -475,6 +478,7 @@ def test_act_file_is_plain_json(files):
     assert data["kind"] == "tsloss-act" and data["heads"] == [[1, 2], [0, 1]] and data["beta"] == 0.4
 
 
+@pytest.mark.slow  # lm-eval runs
 def test_response_cache_keeps_act_and_dpc_answers_apart(
     tmp_path, tiny_llama_dir, files, tasks_dir, gsm8k_dir, monkeypatch
 ):
@@ -486,25 +490,28 @@ def test_response_cache_keeps_act_and_dpc_answers_apart(
     monkeypatch.setenv("TSLOSS_GSM8K_DIR", str(gsm8k_dir))
     manager = TaskManager(include_path=str(tasks_dir))
     prompt = f"pretrained={tiny_llama_dir},prompt={files['prompt']},dtype=float32"
+    base = f"pretrained={tiny_llama_dir},dtype=float32"
+    scores, generations = ["gsm8k_answer_offline"], ["gsm8k_offline"]  # ACT moves scores, DPC generations
     runs = [
-        ("tsprompt", prompt),
-        ("tsprompt", f"{prompt},act={files['act']}"),
-        ("tsprompt", f"{prompt},dpc=true,dpc_ratio=0,dpc_beta_scale=1e-9"),
-        ("hf", f"pretrained={tiny_llama_dir},dtype=float32"),
-        ("hf-act", f"pretrained={tiny_llama_dir},dtype=float32,act={files['act']}"),
+        ("tsprompt", prompt, scores),
+        ("tsprompt", f"{prompt},act={files['act']}", scores),
+        ("tsprompt", prompt, generations),
+        ("tsprompt", f"{prompt},dpc=true,dpc_ratio=0,dpc_beta_scale=1e-9", generations),
+        ("hf", base, scores),
+        ("hf-act", f"{base},act={files['act']}", scores),
     ]
 
-    def answers(model, model_args, cache=None):
+    def answers(model, model_args, tasks, cache=None):
         results = simple_evaluate(
-            model=model, model_args=model_args, tasks=["gsm8k_offline"], num_fewshot=0, limit=2, batch_size=1,
+            model=model, model_args=model_args, tasks=tasks, num_fewshot=0, limit=2, batch_size=1,
             device="cpu", use_cache=None if cache is None else str(cache), log_samples=True,
             gen_kwargs="max_gen_toks=8", task_manager=manager,
         )  # fmt: skip
-        return [row["resps"] for row in results["samples"]["gsm8k"]]
+        return [row["resps"] for rows in results["samples"].values() for row in rows]
 
     uncached = [answers(*run) for run in runs]
-    # The prompt changes these answers (ACT's and DPC's calibrated effects need not on this tiny fixture);
-    # the cache must hand every run its own answers all the same.
-    assert uncached[3] != uncached[0]
+    # ACT changes these answers (DPC's need not on this fixture: its trigger is per instance); the cache must
+    # still hand every run its own.
+    assert uncached[1] != uncached[0] and uncached[5] != uncached[4]
     cache = tmp_path / "cache" / "lm"
     assert [answers(*run, cache=cache) for run in runs] == uncached
