@@ -82,6 +82,7 @@ def _module(model_dir, method: str, dtype, adaptive):
     return peft_model, PromptTuningLoss(peft_model, get_regularizer("tsloss"), kwargs, 0.5, adaptive)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_in_bf16_agrees_with_fp32(method, tiny_llama_dir, gsm8k_dir):
     """Loss, CE, regularizer, the prompt encoder's gradients and the adaptive scale: bf16 model (with

@@ -203,6 +203,7 @@ def _run(tmp_path, name, ds, model, data_dir, **flags) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["z2_without_optimizer_bf16", "hf_zero3_block"])
 def test_trains_with_a_file_that_names_no_optimizer(name, tmp_path, tiny_llama_dir, short_dir):
     if name == "hf_zero3_block":

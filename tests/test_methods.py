@@ -124,7 +124,7 @@ def test_methods_and_the_regularized_matrix(tiny_llama_dir):
 
 
 @pytest.mark.parametrize("method", DEEP)
-@pytest.mark.parametrize("arch", tiny.ARCHS)
+@pytest.mark.parametrize("arch", [a if a == "llama" else pytest.param(a, marks=pytest.mark.slow) for a in tiny.ARCHS])
 def test_prefix_loss_equals_peft_forward(arch, method, tiny_model_dirs, gsm8k_dir):
     """The tuner's prefix (its own key/value cache, logits at answer positions only) gives PEFT's
     full-logits loss and the same gradient on every prompt-encoder parameter (the MLP's too)."""

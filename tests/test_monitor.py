@@ -14,6 +14,7 @@ from tsloss_harness.monitor import MonitorError, split_monitor_blocks
 from tsloss_harness.tune import TuneConfig, run
 
 
+@pytest.mark.slow
 def test_tensorboard_and_csv_scalars_equal_metrics_jsonl(tmp_path, tiny_llama_dir, short_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

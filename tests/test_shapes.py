@@ -54,6 +54,7 @@ def test_unknown_names_and_bad_overrides_fail_in_one_line():
         architecture("llama2-13b").hf_config(num_layers=0)
 
 
+@pytest.mark.slow
 def test_padded_tokenizer_covers_the_vocabulary(tmp_path, gsm8k_rows):
     from transformers import AutoTokenizer
 
@@ -69,6 +70,7 @@ def test_padded_tokenizer_covers_the_vocabulary(tmp_path, gsm8k_rows):
         build_padded_tokenizer(tmp_path / "small", 500)
 
 
+@pytest.mark.slow
 def test_a_built_shape_is_the_real_architecture_with_fewer_layers(tmp_path):
     from transformers import AutoConfig
 

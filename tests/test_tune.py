@@ -124,6 +124,7 @@ def test_fused_cross_entropy_with_softcap_and_bias():
 # ------------------------------------------------------------------------------- single process
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", tiny.ARCHS)
 def test_one_process_run_and_output_schema(arch, tiny_model_dirs, short_dir, tmp_path):
     out = tmp_path / "run"
@@ -176,6 +177,7 @@ def test_one_process_run_and_output_schema(arch, tiny_model_dirs, short_dir, tmp
     assert provenance["step"] == 4 and provenance["regularizer"] == "tsloss"
 
 
+@pytest.mark.slow
 def test_init_normal_is_gaussian_0_02(tiny_llama_dir, short_dir, tmp_path):
     # max_steps=1 with warm-up: the first step's learning rate is 0, so the prompt is the init.
     run(_config(tiny_llama_dir, short_dir, tmp_path / "r", max_steps=1, warmup_ratio=1.0, epochs=1))
@@ -183,6 +185,7 @@ def test_init_normal_is_gaussian_0_02(tiny_llama_dir, short_dir, tmp_path):
     assert prompt.mean().abs() < 0.005 and prompt.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+@pytest.mark.slow
 def test_converged_step_on_a_single_learnable_sample(tiny_tokenizer_dir, one_row_dir, tmp_path):
     # Random weights at the usual 0.02 scale give near-uniform logits a prompt cannot sharpen;
     # a larger init scale leaves the model able to memorise one short answer.
