@@ -206,6 +206,19 @@ def _delta_method_ratio(a, b):
     return r, r * math.exp(-half), r * math.exp(half)
 
 
+def test_cell_entry_script_runs_the_tuner():
+    """Cells start the tuner as a script file (the DeepSpeed launcher runs files); it must reach the
+    tuner's own flags, not fail at import (fast tier: the grid tests that exercise it are slow)."""
+    import subprocess
+    import sys
+
+    from tsloss_harness.sweep.task import ENTRY
+
+    done = subprocess.run([sys.executable, ENTRY, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--num_virtual_tokens" in done.stdout
+
+
 def test_convergence_ratios_from_converged_steps():
     """Per group of cells differing only in the baseline axis and seed: unpaired over converged runs,
     paired over the seeds where both converged; 0 and 0.0 are one axis value."""

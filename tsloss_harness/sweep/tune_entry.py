@@ -10,6 +10,6 @@ if __name__ == "__main__":
     # shadow top-level ones for the tuner and its libraries.
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]
-    from tsloss_harness.tune import main
+    from tsloss_harness.cli import main
 
-    sys.exit(main())
+    sys.exit(main(["tune", *sys.argv[1:]]))
