@@ -19,6 +19,7 @@ products ~250x slower).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 BATCH, P, STEPS = 8, 20, 5
-SECONDS_PER_BILLION = 25  # rough wall time per billion parameters (build, save, load twice, tune, score)
+SECONDS_PER_BILLION = 12  # a guess at wall time per billion parameters (draw, save, load twice, tune, score)
 
 
 class PeakResident:
@@ -183,7 +184,8 @@ def check_model(name: str, args, work: Path, data: Path, ds: Path) -> dict:
     card = json.loads((model_dir / "shape.json").read_text())
     built_s = time.perf_counter() - started
     plan, seq_len = plan_estimate(model_dir, ds, data, 2 if cuda else 4)
-    if cuda:
+    if cuda:  # the previous model's tensors gone before the counter starts
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     resident = PeakResident() if not cuda else None
