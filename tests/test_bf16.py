@@ -178,6 +178,7 @@ def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_ll
         assert all(map(math.isfinite, (b["loss"], b["ce"], b["reg"], b["beta_h0"])))
         assert b["ce"] == pytest.approx(a["ce"], rel=1e-3)  # every step (measured: <= 1.1e-4)
     a, b = lines["fp32"][0], lines["bf16"][0]  # step 1: the same prompt, one forward+backward in each dtype
+    assert b["ce"] != a["ce"]  # bf16 did run: its weights are rounded
     assert b["reg"] == pytest.approx(a["reg"], rel=2e-2) and b["beta_h0"] == pytest.approx(a["beta_h0"], rel=2e-2)
     # AdamW moves every element by ~lr a step whatever the size of its gradient, so where a gradient is
     # near 0 bf16 can flip a step's sign: compare normwise, against how far fp32 moved the matrix
