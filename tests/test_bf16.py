@@ -176,7 +176,7 @@ def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_ll
     }
     for a, b in zip(lines["fp32"], lines["bf16"], strict=True):
         assert all(map(math.isfinite, (b["loss"], b["ce"], b["reg"], b["beta_h0"])))
-        assert b["ce"] == pytest.approx(a["ce"], rel=1e-3)  # every step (measured: <= 1.1e-4)
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-3)  # every step (measured: <= 1.4e-4)
     a, b = lines["fp32"][0], lines["bf16"][0]  # step 1: the same prompt, one forward+backward in each dtype
     assert b["ce"] != a["ce"]  # bf16 did run: its weights are rounded
     assert b["reg"] == pytest.approx(a["reg"], rel=2e-2) and b["beta_h0"] == pytest.approx(a["beta_h0"], rel=2e-2)
@@ -184,5 +184,5 @@ def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_ll
     # near 0 bf16 can flip a step's sign: compare normwise, against how far fp32 moved the matrix
     start = initial_matrix(tiny_llama_dir, method)
     fp32, bf16 = load_prompt(tmp_path / "fp32" / "prompt"), load_prompt(tmp_path / "bf16" / "prompt")
-    assert (bf16 - fp32).norm() < 0.25 * (fp32 - start).norm()  # measured: <= 0.06
+    assert (bf16 - fp32).norm() < 0.25 * (fp32 - start).norm()  # measured: 0.10 (prompt), 0.03 (prefix)
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=5e-2)

@@ -1,8 +1,9 @@
 """Memory: ZeRO-3 gathering for one call, and the process's resident memory as the kernel counts it.
 
-``gathered_while``: the tuner's fused cross-entropy uses the output layer's weight outside
+``gathered_params``: the tuner's fused cross-entropy uses the output layer's weight outside
 ``lm_head.forward``. Registering it as an external parameter of the whole loss module (what ZeRO-3
-offers for that) keeps it gathered for the entire forward: on an untied model the output layer and
+offers for that, and what DeepSpeed 0.19 does by itself when a partitioned parameter is read inside
+the engine's forward) keeps it gathered for the entire forward: on an untied model the output layer and
 the input embedding, each vocabulary x hidden, were whole on every rank at once while the embedding
 ran (one Qwen1.5-14B layer in fp32: 2 x 3.1 GB per rank in the first step of the two-rank ZeRO-3 run
 that was killed at 11.7 GB). Gathering it only around the cross-entropy holds one of them at a time.
@@ -15,24 +16,31 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["PeakSampler", "gathered_while", "status"]
+__all__ = ["PeakSampler", "gathered_params", "status"]
 
 
-def gathered_while(params):
-    """Context: ZeRO-3 parameters among ``params`` whole inside it, partitioned again on exit.
+@contextlib.contextmanager
+def gathered_params(module, names=("weight", "bias")):
+    """Context yielding ``module``'s parameters ``names`` (None where absent), whole inside it under
+    ZeRO-3 and partitioned again on exit; without ZeRO-3, the parameters as they are.
 
-    Parameters DeepSpeed already holds gathered (or is gathering) are left to it: partitioning them
-    here would pull them from under the module that fetched them. Without ZeRO-3: a no-op."""
-    params = [p for p in params if p is not None and hasattr(p, "ds_id")]
-    if not params:
-        return contextlib.nullcontext()
+    They are read past DeepSpeed's discovery of external parameters: inside the engine's forward,
+    reading a partitioned parameter as ``module.weight`` gathers it and registers it with the running
+    module, which then gathers it for the whole of every later forward. Parameters DeepSpeed already
+    holds gathered are left to it: partitioning them here would pull them from under their module."""
+    params = [dict.__getitem__(module._parameters, n) if n in module._parameters else None for n in names]
+    partitioned = [p for p in params if p is not None and hasattr(p, "ds_id")]
+    if not partitioned:
+        yield params
+        return
     import deepspeed
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-    if any(p.ds_status == ZeroParamStatus.INFLIGHT for p in params):  # only the module hooks can wait for it
-        raise RuntimeError("gathered_while: a parameter is being prefetched by DeepSpeed; use it inside its module")
-    missing = [p for p in params if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
-    return deepspeed.zero.GatheredParameters(missing) if missing else contextlib.nullcontext()
+    if any(p.ds_status == ZeroParamStatus.INFLIGHT for p in partitioned):  # only the module hooks can wait for it
+        raise RuntimeError("gathered_params: a parameter is being prefetched by DeepSpeed; use it inside its module")
+    missing = [p for p in partitioned if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    with deepspeed.zero.GatheredParameters(missing) if missing else contextlib.nullcontext():
+        yield params
 
 
 def status() -> dict[str, int]:
