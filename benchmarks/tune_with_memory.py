@@ -24,7 +24,7 @@ def main() -> int:
     import deepspeed
 
     from tsloss_harness.memory import PeakSampler, status
-    from tsloss_harness.tune import main as tune_main
+    from tsloss_harness.cli import main as tsloss_main
 
     rank = os.environ.get("RANK", "0")
     lock = threading.Lock()
@@ -55,7 +55,7 @@ def main() -> int:
         return result
 
     deepspeed.initialize = initialize_then_train
-    rc = tune_main(argv)
+    rc = tsloss_main(["tune", *argv])
     record(rc)
     return rc
 
