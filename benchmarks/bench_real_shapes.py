@@ -218,22 +218,14 @@ def bench_shape(name: str, args, work: Path, data: Path, reserve: int) -> list[d
         for method in args.methods:
             argv = tune_args(model, data, work / f"{method}_1", method, REPO / "ds_configs" / "z2.json", args.steps)
             # one rank runs the two ranks' micro-batches (one row each) in sequence: the same arithmetic
-            ref = run_tuner(1, work / f"mem_{method}_1", [*argv, "--micro_batch_size=1"], 0)
+            ref = run_fitting(
+                1, "z2", work / f"mem_{method}_1", [*argv, "--micro_batch_size=1"], 0, model, method, data, reserve
+            )
             rows.append(row(name, method, "z2", 1, ref, ref, model, data, reserve))
             for stage in args.stages:
-                two = run_tuner(
-                    2,
-                    work / f"mem_{method}_{stage}",
-                    tune_args(
-                        model,
-                        data,
-                        work / f"{method}_{stage}",
-                        method,
-                        REPO / "ds_configs" / f"{stage}.json",
-                        args.steps,
-                    ),
-                    port=29651,
-                )
+                ds = REPO / "ds_configs" / f"{stage}.json"
+                argv = tune_args(model, data, work / f"{method}_{stage}", method, ds, args.steps)
+                two = run_fitting(2, stage, work / f"mem_{method}_{stage}", argv, 29651, model, method, data, reserve)
                 rows.append(row(name, method, stage, 2, two, ref, model, data, reserve))
             if args.lm_eval and ref["rc"] == 0 and method != "ptuning_v2":  # a prompt and a prefix adapter
                 rows[-1]["lm_eval"] = lm_eval_equal(model, ref["prompt"], work / f"eval_{method}", data)
@@ -241,6 +233,18 @@ def bench_shape(name: str, args, work: Path, data: Path, reserve: int) -> list[d
     finally:
         shutil.rmtree(work / "model", ignore_errors=True)
     return rows
+
+
+def run_fitting(ranks: int, stage: str, mem_dir: Path, argv: list, port: int, model, method, data, reserve) -> dict:
+    """``run_tuner`` when the plan's per-rank estimate x ranks fits in the memory available now (with
+    1 GiB to spare for the machine's other users); else a skipped run saying why."""
+    plan = plan_bytes(model, REPO / "ds_configs" / f"{stage}.json", method, ranks, data, reserve)
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if plan * ranks > available - GIB:
+        why = f"skipped: plan {plan / GIB:.1f} GiB x {ranks} rank(s) > {available / GIB:.1f} GiB available - 1"
+        return {"rc": -1, "log": why, "mem": [], "metrics": [], "prompt": None}
+    return run_tuner(ranks, mem_dir, argv, port)
 
 
 def row(
@@ -274,20 +278,18 @@ def row(
 def print_rows(rows: list[dict], header: bool = True) -> None:
     if header:
         print(
-            f"{'model':<17}{'method':<11}{'stage':<6}{'ranks':>5} {'dtype':<5}{'finite':>7}{'2r=1r':>7}"
+            f"{'model':<17}{'method':<11}{'stage':<6}{'ranks':>5} {'dtype':<5}{'finite':>7}{'2r=1r':>10}"
             f"{'plan GiB':>9}{'peak GiB':>9}{'load GiB':>9}{'ratio':>7}  lm_eval"
         )
     for r in rows:
         if r.get("rc"):
-            print(
-                f"{r['model']:<17}{r['method']:<11}{r['stage']:<6}{r['ranks']:>5} {r['dtype']:<5} failed "
-                f"(peak {r['peak'] / GIB:.1f} GiB): {r['error']}"
-            )
+            what = r["error"] if r["rc"] == -1 else f"failed (peak {r['peak'] / GIB:.1f} GiB): {r['error']}"
+            print(f"{r['model']:<17}{r['method']:<11}{r['stage']:<6}{r['ranks']:>5} {r['dtype']:<5} {what}")
             continue
         eq = "-" if r["equal"] is None else ("yes" if r["equal"] else f"NO {r['max_diff']:.0e}")
         print(
             f"{r['model']:<17}{r['method']:<11}{r['stage']:<6}{r['ranks']:>5} {r['dtype']:<5}"
-            f"{'yes' if r['finite'] else 'NO':>7}{eq:>7}{r['plan'] / GIB:>9.2f}{r['peak'] / GIB:>9.2f}"
+            f"{'yes' if r['finite'] else 'NO':>7}{eq:>10}{r['plan'] / GIB:>9.2f}{r['peak'] / GIB:>9.2f}"
             f"{r['load'] / GIB:>9.2f}{r['ratio']:>7.2f}  {r.get('lm_eval', '')}",
             flush=True,
         )
