@@ -186,3 +186,33 @@ def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_ll
     fp32, bf16 = load_prompt(tmp_path / "fp32" / "prompt"), load_prompt(tmp_path / "bf16" / "prompt")
     assert (bf16 - fp32).norm() < 0.25 * (fp32 - start).norm()  # measured: 0.10 (prompt), 0.03 (prefix)
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=5e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["prompt", "ptuning_v2"])  # a soft prompt and a prefix adapter
+def test_tsprompt_equals_hf_peft_in_bf16(method, tiny_tokenizer_dir, tmp_path):
+    """lm-eval loglikelihoods, model and prompt in bf16: tsprompt (prompt cached once, in bf16) against
+    ``hf,peft=`` (PEFT's forward), to bf16 resolution; on a tiny llama with sharper weights (N(0, 0.2²))
+    so that the prompt moves the scores well past that resolution."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoConfig
+
+    from tsloss_harness.evaluation import TSPromptLM
+    from tsloss_harness.prompt import expected_embedding_shape, make_method_config, save_prompt
+    from tsloss_harness.testbed import tiny
+
+    model = str(tiny.build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir, initializer_range=0.2))
+    config = make_method_config(method, model, AutoConfig.from_pretrained(model), num_virtual_tokens=P)
+    matrix = torch.randn(*expected_embedding_shape(config), generator=torch.Generator().manual_seed(0))
+    prompt_dir = save_prompt(tmp_path / method, matrix, peft_config=config, provenance={"method": method})
+    requests = [("Question: What is 2 plus 3?\nAnswer:", " 2+3=5"), ("Natalia sold clips", " in April, and then")]
+
+    def loglikelihoods(lm):
+        return [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, 0) for r in requests])]
+
+    peft = loglikelihoods(HFLM(pretrained=model, peft=str(prompt_dir), device="cpu", dtype="bfloat16"))
+    ours = loglikelihoods(TSPromptLM(pretrained=model, prompt=str(prompt_dir), device="cpu", dtype="bfloat16"))
+    plain = loglikelihoods(HFLM(pretrained=model, device="cpu", dtype="bfloat16"))
+    assert ours == pytest.approx(peft, abs=0.1)  # sums of bf16 log-probs: measured equal, or one step (1/32) apart
+    assert max(abs(a - b) for a, b in zip(peft, plain, strict=True)) > 1.0  # the prompt matters
