@@ -20,7 +20,9 @@ few steps on short rows; the one-rank run takes the same one-row micro-batches i
 - lm_eval (prompt and prefix): ``--model tsprompt`` equals ``--model hf,peft=`` (stock CLI, fp32) on two documents of
   ``gsm8k_answer_offline`` (loglikelihoods, 1e-4) and ``gsm8k_offline`` (the same generations).
 ``--bf16-tiny``: every method x ZeRO-2/3 with bf16 forced in the JSON on two ranks against one fp32
-rank: step CE (rel), effective beta_H0 (rel), the final prompt (max |diff| / lr).
+rank: step CE (largest relative difference over the steps), effective beta_H0 at step 1 (the same
+prompt in both; later steps follow prompts AdamW moved apart), the final prompts' normwise difference
+as a share of how far the fp32 run moved its matrix from the start.
 """
 
 from __future__ import annotations
@@ -216,22 +218,14 @@ def bench_shape(name: str, args, work: Path, data: Path, reserve: int) -> list[d
         for method in args.methods:
             argv = tune_args(model, data, work / f"{method}_1", method, REPO / "ds_configs" / "z2.json", args.steps)
             # one rank runs the two ranks' micro-batches (one row each) in sequence: the same arithmetic
-            ref = run_tuner(1, work / f"mem_{method}_1", [*argv, "--micro_batch_size=1"], 0)
+            ref = run_fitting(
+                1, "z2", work / f"mem_{method}_1", [*argv, "--micro_batch_size=1"], 0, model, method, data, reserve
+            )
             rows.append(row(name, method, "z2", 1, ref, ref, model, data, reserve))
             for stage in args.stages:
-                two = run_tuner(
-                    2,
-                    work / f"mem_{method}_{stage}",
-                    tune_args(
-                        model,
-                        data,
-                        work / f"{method}_{stage}",
-                        method,
-                        REPO / "ds_configs" / f"{stage}.json",
-                        args.steps,
-                    ),
-                    port=29651,
-                )
+                ds = REPO / "ds_configs" / f"{stage}.json"
+                argv = tune_args(model, data, work / f"{method}_{stage}", method, ds, args.steps)
+                two = run_fitting(2, stage, work / f"mem_{method}_{stage}", argv, 29651, model, method, data, reserve)
                 rows.append(row(name, method, stage, 2, two, ref, model, data, reserve))
             if args.lm_eval and ref["rc"] == 0 and method != "ptuning_v2":  # a prompt and a prefix adapter
                 rows[-1]["lm_eval"] = lm_eval_equal(model, ref["prompt"], work / f"eval_{method}", data)
@@ -239,6 +233,18 @@ def bench_shape(name: str, args, work: Path, data: Path, reserve: int) -> list[d
     finally:
         shutil.rmtree(work / "model", ignore_errors=True)
     return rows
+
+
+def run_fitting(ranks: int, stage: str, mem_dir: Path, argv: list, port: int, model, method, data, reserve) -> dict:
+    """``run_tuner`` when the plan's per-rank estimate x ranks fits in the memory available now (with
+    1 GiB to spare for the machine's other users); else a skipped run saying why."""
+    plan = plan_bytes(model, REPO / "ds_configs" / f"{stage}.json", method, ranks, data, reserve)
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if plan * ranks > available - GIB:
+        why = f"skipped: plan {plan / GIB:.1f} GiB x {ranks} rank(s) > {available / GIB:.1f} GiB available - 1"
+        return {"rc": -1, "log": why, "mem": [], "metrics": [], "prompt": None}
+    return run_tuner(ranks, mem_dir, argv, port)
 
 
 def row(
@@ -272,23 +278,37 @@ def row(
 def print_rows(rows: list[dict], header: bool = True) -> None:
     if header:
         print(
-            f"{'model':<17}{'method':<11}{'stage':<6}{'ranks':>5} {'dtype':<5}{'finite':>7}{'2r=1r':>7}"
+            f"{'model':<17}{'method':<11}{'stage':<6}{'ranks':>5} {'dtype':<5}{'finite':>7}{'2r=1r':>10}"
             f"{'plan GiB':>9}{'peak GiB':>9}{'load GiB':>9}{'ratio':>7}  lm_eval"
         )
     for r in rows:
         if r.get("rc"):
-            print(
-                f"{r['model']:<17}{r['method']:<11}{r['stage']:<6}{r['ranks']:>5} {r['dtype']:<5} failed "
-                f"(peak {r['peak'] / GIB:.1f} GiB): {r['error']}"
-            )
+            what = r["error"] if r["rc"] == -1 else f"failed (peak {r['peak'] / GIB:.1f} GiB): {r['error']}"
+            print(f"{r['model']:<17}{r['method']:<11}{r['stage']:<6}{r['ranks']:>5} {r['dtype']:<5} {what}")
             continue
         eq = "-" if r["equal"] is None else ("yes" if r["equal"] else f"NO {r['max_diff']:.0e}")
         print(
             f"{r['model']:<17}{r['method']:<11}{r['stage']:<6}{r['ranks']:>5} {r['dtype']:<5}"
-            f"{'yes' if r['finite'] else 'NO':>7}{eq:>7}{r['plan'] / GIB:>9.2f}{r['peak'] / GIB:>9.2f}"
+            f"{'yes' if r['finite'] else 'NO':>7}{eq:>10}{r['plan'] / GIB:>9.2f}{r['peak'] / GIB:>9.2f}"
             f"{r['load'] / GIB:>9.2f}{r['ratio']:>7.2f}  {r.get('lm_eval', '')}",
             flush=True,
         )
+
+
+def initial_matrix(model_dir: Path, method: str):
+    """The matrix a run with init=peft (seed 0) starts from, as its prompt directory stores it."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tsloss_harness.prompt import make_method_config
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = make_method_config(method, str(model_dir), base.config, num_virtual_tokens=P, init="peft")
+        peft_model = get_peft_model(base, config)
+    return peft_model.get_prompt_embedding_to_save("default").detach().float()
 
 
 def bench_bf16_tiny(work: Path, data: Path, steps: int) -> list[dict]:
@@ -302,7 +322,7 @@ def bench_bf16_tiny(work: Path, data: Path, steps: int) -> list[dict]:
             ds = json.loads((REPO / "ds_configs" / f"{stage}.json").read_text())
             ds["bf16"] = {"enabled": dtype == "bf16"}
             (work / f"{stage}_{dtype}.json").write_text(json.dumps(ds))
-    print(f"\n{'method':<11}{'stage':<6}{'finite':>7}{'max CE rel':>11}{'max beta rel':>13}{'prompt |diff|/lr':>17}")
+    print(f"\n{'method':<11}{'stage':<6}{'finite':>7}{'max CE rel':>11}{'beta rel (1)':>13}{'prompt diff/moved':>18}")
     for method in ("prompt", "prefix", "ptuning_v2"):
         for stage in ("z2", "z3"):
             runs = {}
@@ -318,25 +338,25 @@ def bench_bf16_tiny(work: Path, data: Path, steps: int) -> list[dict]:
                     init="peft",
                     adaptive_ratio_h0=0.5,
                 )
+                argv += ["--micro_batch_size=1"] if ranks == 1 else []  # the two ranks' micro-batches in turn
                 runs[dtype] = run_tuner(ranks, work / f"mem_bf_{method}_{stage}_{dtype}", argv, port=29652)
             a, b = runs["fp32"], runs["bf16"]
             if a["rc"] or b["rc"]:
                 print(f"{method:<11}{stage:<6} failed: {(a if a['rc'] else b)['log'][-300:]}")
                 continue
+            pa, pb = load_prompt(a["prompt"]), load_prompt(b["prompt"])
             r = {
                 "method": method,
                 "stage": stage,
                 "finite": all(math.isfinite(m[k]) for m in b["metrics"] for k in ("loss", "ce", "reg", "beta_h0")),
                 "ce_rel": max(abs(y["ce"] / x["ce"] - 1) for x, y in zip(a["metrics"], b["metrics"], strict=True)),
-                "beta_rel": max(
-                    abs(y["beta_h0"] / x["beta_h0"] - 1) for x, y in zip(a["metrics"], b["metrics"], strict=True)
-                ),
-                "prompt_diff_lr": float((load_prompt(a["prompt"]) - load_prompt(b["prompt"])).abs().max()) / lr,
+                "beta_rel": abs(b["metrics"][0]["beta_h0"] / a["metrics"][0]["beta_h0"] - 1),
+                "prompt_diff": float((pa - pb).norm() / (pa - initial_matrix(model, method)).norm()),
             }
             rows.append(r)
             print(
                 f"{method:<11}{stage:<6}{'yes' if r['finite'] else 'NO':>7}{r['ce_rel']:>11.1e}"
-                f"{r['beta_rel']:>13.1e}{r['prompt_diff_lr']:>17.2f}",
+                f"{r['beta_rel']:>13.1e}{r['prompt_diff']:>18.3f}",
                 flush=True,
             )
     return rows

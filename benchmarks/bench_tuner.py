@@ -6,7 +6,7 @@ GSM8K rows (real ones from $TSLOSS_GSM8K_DIR when set, else generated), same tok
 batch, same initial prompt, batch 8, 20 virtual tokens, AdamW with the paper's settings; each side in
 its own process. Prints:
 - samples/s of both (fastest and median step after the first two) and their ratio (goal >= 3.5x);
-- the peak memory of both (anonymous resident memory of the whole process) and their ratio: the peer
+- the peak memory of both (resident memory of the whole process, VmRSS) and their ratio: the peer
   materialises [batch, tokens, vocabulary] logits, the tuner only the answer positions' rows, in chunks;
 - the loss of the first step of both (before any update; the same to 1e-5);
 - the regularizer's (TSLoss, forward + backward) share of a tuner step (goal <= 1%).
@@ -106,26 +106,6 @@ def peer_trainer(model_dir: Path, rows, init, order, args, work: Path) -> dict:
     )
     trainer.train()
     return {"step_s": timer.times, "first_loss": step_losses[0]}
-
-
-class PeakMemory:
-    """Peak anonymous resident memory of this process (RssAnon), sampled every 5 ms by a thread."""
-
-    def __init__(self):
-        import threading
-
-        self.peak = self.baseline = self.read()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    @staticmethod
-    def read() -> int:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
-
-    def _sample(self):
-        while True:
-            self.peak = max(self.peak, self.read())
-            time.sleep(0.005)
 
 
 def tuner_side(model_dir: Path, data_dir: Path, args, work: Path) -> dict:
@@ -243,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
-        memory = PeakMemory()
+        from tsloss_harness.memory import PeakSampler
+
+        memory = PeakSampler()
         side = tuner_side if args.side == "tuner" else peer_side
         result = side(args.model_dir, args.data_dir, args, args.work)
-        result.update(peak_anon=memory.peak, baseline_anon=memory.baseline)
+        result.update(peak=memory.peak(), baseline=memory.baseline["VmRSS"])
         (args.work / f"{args.side}.json").write_text(json.dumps(result) + "\n")
         return 0
     return compare(args)
@@ -283,9 +265,9 @@ def compare(args) -> int:
         "tuner_first_loss": tuner["first_loss"],
         "peer_first_loss": peer["first_loss"],
         "first_loss_abs_diff": abs(tuner["first_loss"] - peer["first_loss"]),
-        "tuner_peak_gib": tuner["peak_anon"] / gib,
-        "peer_peak_gib": peer["peak_anon"] / gib,
-        "peak_memory_ratio": peer["peak_anon"] / tuner["peak_anon"],
+        "tuner_peak_gib": tuner["peak"] / gib,
+        "peer_peak_gib": peer["peak"] / gib,
+        "peak_memory_ratio": peer["peak"] / tuner["peak"],
         "regularizer_ms": reg_s * 1e3,
         "regularizer_share_of_step": reg_s / step_s,
         "tuner_wall_time_s": tuner["wall_time_s"],
@@ -302,7 +284,7 @@ def compare(args) -> int:
         f"speedup: {result['speedup']:.2f}x fastest step, {median_ratio:.2f}x median step (goal >= 3.5x); "
         f"answer tokens are {100 * result['answer_token_share']:.0f}% of the tokens"
     )
-    print(f"peak memory (anonymous resident, whole process): peer / tuner = {result['peak_memory_ratio']:.2f}x")
+    print(f"peak memory (resident, whole process): peer / tuner = {result['peak_memory_ratio']:.2f}x")
     print(
         f"first-step loss: tuner CE {tuner['first_loss']:.7f}, peer {peer['first_loss']:.7f}, "
         f"|diff| {result['first_loss_abs_diff']:.2e} (goal <= 1e-5)"

@@ -19,13 +19,13 @@ products ~250x slower).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,22 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 BATCH, P, STEPS = 8, 20, 5
-SECONDS_PER_BILLION = 25  # rough wall time per billion parameters (build, save, load twice, tune, score)
-
-
-class PeakResident:
-    """Peak anonymous resident memory of this process (the CPU stand-in for the CUDA counter)."""
-
-    def __init__(self):
-        self.peak = 0
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self):
-        while True:
-            with open("/proc/self/status") as f:
-                anon = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
-            self.peak = max(self.peak, anon)
-            time.sleep(0.005)
+SECONDS_PER_BILLION = 12  # a guess at wall time per billion parameters (draw, save, load twice, tune, score)
 
 
 def write_data(root: Path, rows: int) -> Path:
@@ -167,6 +152,7 @@ def lm_eval(model_dir: Path, prompt_dir: Path, data: Path, out: Path, device: st
 def check_model(name: str, args, work: Path, data: Path, ds: Path) -> dict:
     import torch
 
+    from tsloss_harness.memory import PeakSampler
     from tsloss_harness.testbed.shaped import build_shaped_model
 
     started = time.perf_counter()
@@ -183,12 +169,13 @@ def check_model(name: str, args, work: Path, data: Path, ds: Path) -> dict:
     card = json.loads((model_dir / "shape.json").read_text())
     built_s = time.perf_counter() - started
     plan, seq_len = plan_estimate(model_dir, ds, data, 2 if cuda else 4)
-    if cuda:
+    if cuda:  # the previous model's tensors gone before the counter starts
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    resident = PeakResident() if not cuda else None
+    resident = PeakSampler() if not cuda else None
     result = tune(model_dir, data, ds, work / f"{name}-run")
-    peak = torch.cuda.max_memory_allocated() if cuda else resident.peak
+    peak = torch.cuda.max_memory_allocated() if cuda else resident.peak()
     losses = [m["loss"] for m in result["metrics"]]
     scored = lm_eval(model_dir, work / f"{name}-run" / "prompt", data, work / f"{name}-eval", args.device, dtype)
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -212,7 +199,7 @@ def check_model(name: str, args, work: Path, data: Path, ds: Path) -> dict:
 
 
 def print_table(rows: list[dict], device: str) -> None:
-    memory = "max_memory_allocated" if device == "cuda" else "peak RSS (anon)"
+    memory = "max_memory_allocated" if device == "cuda" else "peak resident memory"
     print(f"\n{'model':<14}{'layers':>7}{'params':>8} {'dtype':<9}{'finite':>7}{'s/step':>8}"
           f"{'peak GiB':>10}{'plan GiB':>10}{'ratio':>7}{'wall s':>8}  lm_eval tsprompt")  # fmt: skip
     for r in rows:

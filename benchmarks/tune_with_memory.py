@@ -14,18 +14,7 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
-
-
-def _status() -> dict[str, int]:
-    values = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("RssAnon", "VmHWM", "VmRSS"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values
 
 
 def main() -> int:
@@ -34,52 +23,39 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     import deepspeed
 
-    from tsloss_harness.tune import main as tune_main
+    from tsloss_harness.memory import PeakSampler, status
+    from tsloss_harness.cli import main as tsloss_main
 
-    peaks = {"load": 0, "train": 0, "anon_load": 0, "anon_train": 0}
-    phase = ["load"]
-    baseline = _status()["RssAnon"]
     rank = os.environ.get("RANK", "0")
     lock = threading.Lock()
 
     def record(rc=None) -> None:
         values = {
             "rank": int(rank),
-            "baseline_anon": baseline,
-            "peak_load": peaks["load"],
-            "peak_train": peaks["train"],
-            "peak_anon_load": peaks["anon_load"],
-            "peak_anon_train": peaks["anon_train"],
-            "vmhwm": _status()["VmHWM"],
+            "baseline": sampler.baseline["VmRSS"],
+            "peak_load": sampler.peaks.get("load", 0),
+            "peak_train": sampler.peaks.get("train", 0),
+            "peak_anon_load": sampler.anon_peaks.get("load", 0),
+            "peak_anon_train": sampler.anon_peaks.get("train", 0),
+            "vmhwm": status()["VmHWM"],
             "rc": rc,
         }
-        with lock:  # the sampler and the main thread both write it: whole files only
+        with lock:  # the sampler's thread and the main thread both write it: whole files only
             tmp = out / f".rank{rank}.json.{threading.get_ident()}"
             tmp.write_text(json.dumps(values) + "\n")
             os.replace(tmp, out / f"rank{rank}.json")
 
-    def sample():
-        last = time.monotonic()
-        while True:
-            now = _status()
-            peaks[phase[0]] = max(peaks[phase[0]], now["VmRSS"])
-            peaks["anon_" + phase[0]] = max(peaks["anon_" + phase[0]], now["RssAnon"])
-            if time.monotonic() - last > 1.0:  # a run killed for memory still leaves its peaks
-                record()
-                last = time.monotonic()
-            time.sleep(0.005)
-
+    # a run killed for memory still leaves its peaks
+    sampler = PeakSampler(phase="load", on_sample=record)
     initialize = deepspeed.initialize
 
     def initialize_then_train(*args, **kwargs):
         result = initialize(*args, **kwargs)
-        phase[0] = "train"
+        sampler.phase = "train"
         return result
 
     deepspeed.initialize = initialize_then_train
-    threading.Thread(target=sample, daemon=True).start()
-    rc = tune_main(argv)
-    time.sleep(0.02)
+    rc = tsloss_main(["tune", *argv])
     record(rc)
     return rc
 

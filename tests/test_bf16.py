@@ -13,6 +13,7 @@ Every method's loss and prompt gradient in bf16 agree with fp32 to bf16 toleranc
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -39,6 +40,21 @@ def _bf16_ds_config(tmp_path, zero: str) -> str:
     path = tmp_path / f"{zero}_bf16.json"
     path.write_text(json.dumps(ds))
     return str(path)
+
+
+def initial_matrix(model_dir, method: str, num_virtual_tokens: int = 20):
+    """The matrix a run with ``init="peft"`` (seed 0) starts from, as its prompt directory would store it."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tsloss_harness.prompt import make_method_config
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = make_method_config(method, str(model_dir), base.config, num_virtual_tokens=num_virtual_tokens, init="peft")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        peft_model = get_peft_model(base, config)
+    return peft_model.get_prompt_embedding_to_save("default").detach().float()
 
 
 def test_bf16_is_forced_by_the_json_and_auto_follows_the_gpu(tmp_path):
@@ -126,8 +142,8 @@ def test_every_method_in_bf16_agrees_with_fp32(method, tiny_llama_dir, gsm8k_dir
 @pytest.mark.parametrize("zero, method", [("z2", "prompt"), ("z3", "prefix")])
 def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_llama_dir, short_dir, tmp_path):
     """bf16 forced on two CPU ranks against fp32 on one (the other method x stage pairs:
-    benchmarks/bench_real_shapes.py --bf16-tiny). Step-1 values are one forward in each dtype; after
-    three AdamW steps the prompts differ by well under one step's size."""
+    benchmarks/bench_real_shapes.py --bf16-tiny). Step-1 values are one forward+backward in each dtype
+    from the same prompt; after three AdamW steps the prompts differ by a small part of how far they moved."""
     lr = 0.01
     common = dict(
         model=str(tiny_llama_dir),
@@ -159,11 +175,44 @@ def test_two_ranks_in_bf16_train_what_one_fp32_rank_trains(zero, method, tiny_ll
         for name in ("fp32", "bf16")
     }
     for a, b in zip(lines["fp32"], lines["bf16"], strict=True):
-        assert all(map(torch.isfinite, torch.tensor([b["loss"], b["ce"], b["reg"], b["beta_h0"]])))
-        assert b["ce"] == pytest.approx(a["ce"], rel=1e-3) and b["reg"] == pytest.approx(a["reg"], rel=2e-2)
-        assert b["beta_h0"] == pytest.approx(a["beta_h0"], rel=2e-2)  # measured: <= 6e-3
-    # Adam moves every element by ~lr a step whatever its gradient's size, so where a gradient is near 0
-    # bf16 can flip a step's sign: compare normwise, against one step's norm lr·sqrt(n) (measured: 0.18)
+        assert all(map(math.isfinite, (b["loss"], b["ce"], b["reg"], b["beta_h0"])))
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-3)  # every step (measured: <= 1.4e-4)
+    a, b = lines["fp32"][0], lines["bf16"][0]  # step 1: the same prompt, one forward+backward in each dtype
+    assert b["ce"] != a["ce"]  # bf16 did run: its weights are rounded
+    assert b["reg"] == pytest.approx(a["reg"], rel=2e-2) and b["beta_h0"] == pytest.approx(a["beta_h0"], rel=2e-2)
+    # AdamW moves every element by ~lr a step whatever the size of its gradient, so where a gradient is
+    # near 0 bf16 can flip a step's sign: compare normwise, against how far fp32 moved the matrix
+    start = initial_matrix(tiny_llama_dir, method)
     fp32, bf16 = load_prompt(tmp_path / "fp32" / "prompt"), load_prompt(tmp_path / "bf16" / "prompt")
-    assert (bf16 - fp32).norm() < 0.5 * lr * fp32.numel() ** 0.5
+    assert (bf16 - fp32).norm() < 0.25 * (fp32 - start).norm()  # measured: 0.10 (prompt), 0.03 (prefix)
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=5e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["prompt", "ptuning_v2"])  # a soft prompt and a prefix adapter
+def test_tsprompt_equals_hf_peft_in_bf16(method, tiny_tokenizer_dir, tmp_path):
+    """lm-eval loglikelihoods, model and prompt in bf16: tsprompt (prompt cached once, in bf16) against
+    ``hf,peft=`` (PEFT's forward), to bf16 resolution; on a tiny llama with sharper weights (N(0, 0.2²))
+    so that the prompt moves the scores well past that resolution."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoConfig
+
+    from tsloss_harness.evaluation import TSPromptLM
+    from tsloss_harness.prompt import expected_embedding_shape, make_method_config, save_prompt
+    from tsloss_harness.testbed import tiny
+
+    model = str(tiny.build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir, initializer_range=0.2))
+    config = make_method_config(method, model, AutoConfig.from_pretrained(model), num_virtual_tokens=P)
+    matrix = torch.randn(*expected_embedding_shape(config), generator=torch.Generator().manual_seed(0))
+    prompt_dir = save_prompt(tmp_path / method, matrix, peft_config=config, provenance={"method": method})
+    requests = [("Question: What is 2 plus 3?\nAnswer:", " 2+3=5"), ("Natalia sold clips", " in April, and then")]
+
+    def loglikelihoods(lm):
+        return [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, r, 0) for r in requests])]
+
+    peft = loglikelihoods(HFLM(pretrained=model, peft=str(prompt_dir), device="cpu", dtype="bfloat16"))
+    ours = loglikelihoods(TSPromptLM(pretrained=model, prompt=str(prompt_dir), device="cpu", dtype="bfloat16"))
+    plain = loglikelihoods(HFLM(pretrained=model, device="cpu", dtype="bfloat16"))
+    assert ours == pytest.approx(peft, abs=0.1)  # sums of bf16 log-probs: measured equal, or one step (1/32) apart
+    assert max(abs(a - b) for a, b in zip(peft, plain, strict=True)) > 1.0  # the prompt matters

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from tsloss_harness.memory import gathered_while
+from tsloss_harness.memory import gathered_params
 from tsloss_harness.tune.config import TuneError
 
 
@@ -160,10 +160,8 @@ class PromptTuningLoss(nn.Module):
         predicting, targets = self._decode(matrix, input_ids, attention_mask, labels)
         answer = targets != -100  # keep only the rows whose target is an answer token
         lm_head = self.peft_model.get_base_model().get_output_embeddings()
-        with gathered_while((lm_head.weight, lm_head.bias)):  # ZeRO-3: whole for the CE only (memory.py)
-            ce_sum = LinearCrossEntropy.apply(
-                predicting[answer], lm_head.weight, lm_head.bias, targets[answer], self.softcap
-            )
+        with gathered_params(lm_head) as (weight, bias):  # ZeRO-3: whole for the CE only (memory.py)
+            ce_sum = LinearCrossEntropy.apply(predicting[answer], weight, bias, targets[answer], self.softcap)
         loss = ce_scale * ce_sum + self.lambda_ts * reg.float()
         return loss, ce_sum.detach(), reg.detach().float()
 
