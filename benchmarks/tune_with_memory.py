@@ -23,8 +23,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     import deepspeed
 
-    from tsloss_harness.memory import PeakSampler, status
     from tsloss_harness.cli import main as tsloss_main
+    from tsloss_harness.memory import PeakSampler, status
 
     rank = os.environ.get("RANK", "0")
     lock = threading.Lock()

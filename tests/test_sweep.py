@@ -22,7 +22,7 @@ from helpers import REPO, compare_samples, finish_lm_eval, lm_eval_args, read_lm
 from scipy import stats
 
 from tsloss_harness.cli import main as tsloss
-from tsloss_harness.data import write_jsonl
+from tsloss_harness.data import read_jsonl, write_jsonl
 from tsloss_harness.prompt import load_prompt
 from tsloss_harness.sweep import SweepError, grid, load_sweep_config, parse_sweep_config, run_sweep
 from tsloss_harness.sweep.results import CellResult, convergence_ratios
@@ -140,7 +140,10 @@ def test_convergence_protocol_config_keeps_the_protocol():
         ({"settings": {"s": {"num_samples": 0}}}, "positive integer"),
         ({"settings": {"s": {"rows": 10}}}, "unknown key"),
         ({"settings": {"s": {"num_samples": 2, "tune": {"learning_rate": 1}}}}, "settings.s.tune"),
-        ({"settings": {"s": {"num_samples": 2, "axes": {"regularizer": ["tsloss"]}}}}, "lack the baseline 'none'"),
+        (
+            {"settings": {"s": {"num_samples": 2, "axes": {"regularizer": ["tsloss", "h0"]}}}},
+            "lack the baseline 'none'",
+        ),
         ({"settings": {"s": {"num_samples": 2, "axes": {"lr": [1]}}}}, "'lr' is not one of axes"),
         ({"settings": {"s": {"num_samples": 2, "regularizers": ["none"]}}}, "now an axis"),
         ({"resources": {"num_gpus": 2, "ranks": 1}}, "one rank per GPU"),
@@ -217,6 +220,73 @@ def test_cell_entry_script_runs_the_tuner():
     done = subprocess.run([sys.executable, ENTRY, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--num_virtual_tokens" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["sweep_convergence", "table3_heldout", "table4_methods", "table5_sensitivity"])
+def test_shipped_protocols_parse_and_expand(name):
+    """Every shipped protocol is a valid grid; a setting that holds an axis at one value (Table V's
+    alpha at lambda_ts = 100) needs no baseline cell for that axis."""
+    from tsloss_harness.resources import config_path
+    from tsloss_harness.sweep.grid import expand
+
+    config = load_sweep_config(config_path(f"{name}.yaml"))
+    cells = expand(config)
+    per_setting = {}
+    for cell in cells:
+        per_setting.setdefault(cell.key.get("setting"), set()).add(cell.key["seed"])
+    assert all(seeds == set(config.seed_list()) for seeds in per_setting.values())
+    if name == "table5_sensitivity":
+        counts = {s.name: 1 for s in config.setting_list()}
+        for s in config.setting_list():
+            for axis, values in config.axes.items():
+                counts[s.name] *= len(s.axes.get(axis, values))
+        assert len(cells) == sum(counts.values()) * len(config.seed_list())
+        assert counts == {"lambda": 7, "alpha": 3, "adaptive_h0": 4, "adaptive_h1": 4}
+
+
+def test_skills_cells_tune_on_their_seed_and_are_scored_on_the_shared_heldout_rows(tmp_path):
+    from tsloss_harness.sweep import _eval_for
+    from tsloss_harness.sweep.grid import _write_skills, expand
+    from tsloss_harness.testbed import skills
+
+    values = {
+        "output_dir": str(tmp_path / "out"),
+        "model": "testbed:skills",
+        "data_dir": "skills",
+        "axes": {"dataset": ["gsm8k", "mmlu_cf:Testbed"]},
+        "settings": {"s": 4},
+        "seeds": 2,
+        "eval": {"tasks": {"gsm8k": ["gsm8k_offline"], "mmlu_cf:Testbed": ["testbed_choice_offline"]}},
+    }
+    config = parse_sweep_config(values)
+    spec = config.eval_config().spec()
+    for cell in expand(config):
+        seed, dataset = cell.key["seed"], cell.key["dataset"]
+        folder = Path(cell.values["data_dir"])
+        assert folder.parent.name == f"skills-seed{seed}-4"
+        _write_skills(folder.parent, seed, 4)
+        cell.config = {"dataset": dataset}
+        scored = _eval_for(config, cell, spec)
+        skill = {v: k for k, v in skills.DATASETS.items()}[dataset]
+        assert scored["tasks"] == [skills.EVAL_TASKS[skill]]
+        train_file, heldout_file = skills.LAYOUT[skill][1:]
+        assert read_jsonl(folder / train_file) == skills.train_rows(skill, 4, seed)
+        heldout = Path(scored["env"]["TSLOSS_DATA_DIR"]) / skills.LAYOUT[skill][0] / heldout_file
+        assert read_jsonl(heldout) == skills.heldout_rows(skill)
+        assert Path(scored["env"]["TSLOSS_GSM8K_DIR"]) == heldout.parent.parent / "gsm8k"
+    cell.config = {"model": "m"}  # a no-prompt cell: every task
+    assert sorted(_eval_for(config, cell, spec)["tasks"]) == ["gsm8k_offline", "testbed_choice_offline"]
+    with pytest.raises(SweepError, match="no tasks for dataset"):
+        cell.config = {"dataset": "gsm8k"}
+        _eval_for(
+            parse_sweep_config(values | {"eval": {"tasks": {"mmlu_cf:Testbed": ["x"]}}}),
+            cell,
+            spec | {"tasks": {"mmlu_cf:Testbed": ["x"]}},
+        )
+    with pytest.raises(SweepError, match="testbed:skills"):
+        parse_sweep_config(values | {"model": "some/model"})
+    with pytest.raises(SweepError, match="testbed sizes"):
+        parse_sweep_config(values | {"model": "testbed:huge"})
 
 
 def test_convergence_ratios_from_converged_steps():

@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="sweep YAML (see configs/sweep_convergence.yaml)")
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
     parser.add_argument("--output_dir", help="override the output directory")
+    parser.add_argument("--settings", nargs="+", metavar="NAME", help="run only these settings (e.g. single)")
     parser.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local instance)")
     parser.add_argument(
         "--rerun-changed",
@@ -38,6 +39,11 @@ def sweep(argv: list[str]) -> int:
             config.seeds = args.seeds
         if args.output_dir:
             config.output_dir = args.output_dir
+        if args.settings:
+            unknown = sorted(set(args.settings) - set(config.settings))
+            if unknown:
+                raise SweepError(f"--settings: no setting {', '.join(unknown)} (known: {', '.join(config.settings)})")
+            config.settings = {name: config.settings[name] for name in args.settings}
         if args.parallel is not None and args.parallel < 1:
             raise SweepError(f"--parallel must be >= 1, got {args.parallel}")
         result = run_sweep(

@@ -70,6 +70,7 @@ def run_sweep(
     eval_spec = eval_config.spec() if eval_config else None
     grid.prepare(cells)
     states = {c.name: grid.tune_state(c) for c in cells}
+    evals = {c.name: _eval_for(config, c, eval_spec) for c in cells}
     changed = {name: diff for name, (state, diff) in states.items() if state == "changed"}
     if rerun_changed:
         for c in cells:
@@ -81,11 +82,12 @@ def run_sweep(
         c
         for c in cells
         if c.name not in changed
-        and (states[c.name][0] != "done" or (eval_spec is not None and not grid.eval_done(c, eval_spec)))
+        and (states[c.name][0] != "done" or (evals[c.name] is not None and not grid.eval_done(c, evals[c.name])))
     ]
-    specs = [_cell_spec(c, c.config, eval_spec) for c in todo]
+    specs = [_cell_spec(c, c.config, evals[c.name]) for c in todo]
     no_prompt = _no_prompt_cells(config, cells) if eval_config and eval_config.no_prompt else []
-    specs += [_cell_spec(c, None, eval_spec) for c in no_prompt if not grid.eval_done(c, eval_spec)]
+    evals |= {c.name: _eval_for(config, c, eval_spec) for c in no_prompt}
+    specs += [_cell_spec(c, None, evals[c.name]) for c in no_prompt if not grid.eval_done(c, evals[c.name])]
 
     records: dict[str, dict] = {}
     if specs:
@@ -95,6 +97,28 @@ def run_sweep(
         finally:
             stop()
     return _report(config, cells, no_prompt, eval_spec is not None, records, changed, len(todo))
+
+
+def _eval_for(config: SweepConfig, cell, eval_spec: dict | None) -> dict | None:
+    """The eval spec of one cell: its dataset's tasks when ``eval.tasks`` maps datasets to tasks (a
+    no-prompt cell: all of them); with ``data_dir: skills``, the offline tasks read the held-out rows."""
+    if eval_spec is None:
+        return None
+    spec = dict(eval_spec)
+    if isinstance(spec["tasks"], dict):
+        dataset = cell.config.get("dataset")
+        if dataset is None:
+            spec["tasks"] = list(dict.fromkeys(t for names in spec["tasks"].values() for t in names))
+        elif dataset in spec["tasks"]:
+            spec["tasks"] = spec["tasks"][dataset]
+        else:
+            raise SweepError(f"cell {cell.name}: eval.tasks names no tasks for dataset {dataset!r}")
+    if config.data_dir == "skills":
+        from tsloss_harness.sweep.grid import skills_heldout_dir
+
+        heldout = skills_heldout_dir(Path(config.output_dir).expanduser().resolve())
+        spec["env"] = {"TSLOSS_GSM8K_DIR": str(heldout / "gsm8k"), "TSLOSS_DATA_DIR": str(heldout), **spec["env"]}
+    return spec
 
 
 def _cell_spec(cell, config: dict | None, eval_spec: dict | None) -> dict:

@@ -46,7 +46,7 @@ class Resources:
 class EvalConfig:
     """lm-eval on each finished cell's prompt, through the stock ``lm_eval`` CLI (``--model tsprompt``)."""
 
-    tasks: list[str]
+    tasks: list[str] | dict[str, list[str]]  # a mapping: each cell scored on its dataset's tasks
     num_fewshot: int | None = None
     limit: float | None = None
     batch_size: int | str = 8
@@ -167,9 +167,16 @@ def check(config: SweepConfig) -> None:
     if isinstance(config.retries, bool) or not isinstance(config.retries, int) or config.retries < 0:
         raise SweepError(f"retries must be an integer >= 0, not {config.retries!r}")
     if not isinstance(config.model, str) or not config.model:
-        raise SweepError("model: give a model directory, a hub id or 'testbed'")
+        raise SweepError("model: give a model directory, a hub id, 'testbed' or 'testbed:<size>'")
+    if config.model.startswith("testbed:"):
+        from tsloss_harness.testbed.pretrain import SIZES
+
+        if config.model.split(":", 1)[1] not in SIZES:
+            raise SweepError(f"model {config.model!r}: testbed sizes are {', '.join(SIZES)}")
     if config.data_dir is not None and not isinstance(config.data_dir, str):
-        raise SweepError(f"data_dir: give 'generated', a folder or null, not {config.data_dir!r}")
+        raise SweepError(f"data_dir: give 'generated', 'skills', a folder or null, not {config.data_dir!r}")
+    if config.data_dir == "skills" and not config.model.startswith("testbed"):
+        raise SweepError("data_dir 'skills' is the testbed's held-out-signal rows: use model: testbed:skills")
     if not isinstance(config.leaderboard, str) or not config.leaderboard.endswith((".md", ".csv", ".html")):
         raise SweepError(f"leaderboard: a file name ending in .md, .csv or .html, not {config.leaderboard!r}")
     config.eval_config()
@@ -266,10 +273,12 @@ def _eval_config(values: Any) -> EvalConfig:
         raise SweepError(f"eval: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     values = dict(values)
     tasks = values.get("tasks")
-    if isinstance(tasks, str):
-        values["tasks"] = [t for t in tasks.split(",") if t]
-    if not values.get("tasks") or not all(isinstance(t, str) and t for t in values["tasks"]):
-        raise SweepError("eval.tasks: give one or more lm-eval task names")
+    if isinstance(tasks, dict):
+        values["tasks"] = {str(dataset): _task_list(names, f"eval.tasks.{dataset}") for dataset, names in tasks.items()}
+        if not values["tasks"]:
+            raise SweepError("eval.tasks: give one or more lm-eval task names")
+    else:
+        values["tasks"] = _task_list(tasks, "eval.tasks")
     model_args = values.get("model_args") or {}
     if isinstance(model_args, str):
         model_args = dict(part.split("=", 1) for part in model_args.split(",") if "=" in part)
@@ -289,6 +298,14 @@ def _eval_config(values: Any) -> EvalConfig:
     return EvalConfig(**values)
 
 
+def _task_list(tasks: Any, where: str) -> list[str]:
+    if isinstance(tasks, str):
+        tasks = [t for t in tasks.split(",") if t]
+    if not tasks or not isinstance(tasks, list) or not all(isinstance(t, str) and t for t in tasks):
+        raise SweepError(f"{where}: give one or more lm-eval task names")
+    return tasks
+
+
 def _check_baseline(config: SweepConfig, settings: list[Setting]) -> None:
     if not isinstance(config.baseline, dict):
         hint = f"{{regularizer: {config.baseline}}}" if isinstance(config.baseline, str) else "{axis: value}"
@@ -304,7 +321,8 @@ def _check_baseline(config: SweepConfig, settings: list[Setting]) -> None:
             raise SweepError(f"baseline: {axis!r} is not an axis (axes: {', '.join(config.axes) or 'none'})")
         for setting in settings or [None]:
             values = setting.axes.get(axis, config.axes[axis]) if setting else config.axes[axis]
-            if value not in values:
+            # a setting that holds an axis at one value does not vary it: no ratio there, no baseline needed
+            if value not in values and (len(values) > 1 or not setting):
                 where = f"setting {setting.name!r}: its" if setting else "axes:"
                 raise SweepError(f"{where} {axis} values {values} lack the baseline {value!r}")
 

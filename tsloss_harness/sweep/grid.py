@@ -118,12 +118,12 @@ def _tune_values(
     given = {**config.tune, **(setting.tune if setting else {}), **point}
     model = given.get("model", config.model)
     values: dict[str, Any] = {"progress": False}
-    if model == "testbed":
+    if is_testbed(model):
         from tsloss_harness.testbed import TUNE_DEFAULTS
 
         values.update(TUNE_DEFAULTS, stop_at_convergence=True)
     values.update(given)
-    values["model"] = model if model == "testbed" else _local_path(model)
+    values["model"] = model if is_testbed(model) else _local_path(model)
     num_samples = values.get("num_samples")
     if num_samples is not None:
         # the paper's batch of 8, or the whole set when it is smaller (single-sample: 1)
@@ -135,6 +135,8 @@ def _tune_values(
         values["data_dir"] = _local_path(given["data_dir"])
     elif config.data_dir == "generated":
         values["data_dir"] = str(_generated_dir(out, values.get("dataset", "gsm8k"), seed, num_samples))
+    elif config.data_dir == "skills":
+        values["data_dir"] = str(_skills_dir(out, values.get("dataset", "gsm8k"), seed, num_samples))
     else:
         values["data_dir"] = _local_path(config.data_dir)
     if values.get("ds_config"):
@@ -150,6 +152,27 @@ def _local_path(value: Any) -> Any:
     return value
 
 
+def is_testbed(model: Any) -> bool:
+    """``testbed`` (the default size) or ``testbed:<size>`` (``testbed.pretrain.SIZES``)."""
+    return isinstance(model, str) and (model == "testbed" or model.startswith("testbed:"))
+
+
+def skills_heldout_dir(out: Path) -> Path:
+    """The held-out rows of ``data_dir: skills`` (one set for every seed): the eval's data root."""
+    return out / "data" / "skills-heldout"
+
+
+def _skills_dir(out: Path, dataset: str, seed: int, num_samples: int | None) -> Path:
+    from tsloss_harness.testbed.skills import DATASETS, LAYOUT
+
+    skill = {d: s for s, d in DATASETS.items()}.get(dataset)
+    if skill is None:
+        raise SweepError(f"data_dir 'skills' holds datasets {', '.join(DATASETS.values())}, not {dataset!r}")
+    if num_samples is None:
+        raise SweepError("data_dir 'skills' needs num_samples (settings, tune or an axis)")
+    return out / "data" / f"skills-seed{seed}-{num_samples}" / LAYOUT[skill][0]
+
+
 def _generated_dir(out: Path, dataset: str, seed: int, num_samples: int | None) -> Path:
     if dataset != "gsm8k":
         raise SweepError(f"data_dir 'generated' exists for gsm8k only, not {dataset!r}: give a data folder")
@@ -163,13 +186,19 @@ def _generated_dir(out: Path, dataset: str, seed: int, num_samples: int | None) 
 
 def prepare(cells: list[Cell]) -> None:
     """Build what cells share (the testbed, generated rows) and resolve each cell's TuneConfig."""
-    if any(c.values["model"] == "testbed" for c in cells):
-        from tsloss_harness.testbed import build_testbed
+    from tsloss_harness.testbed import build_testbed
 
-        testbed = str(build_testbed())
-        for c in cells:
-            if c.values["model"] == "testbed":
-                c.values["model"] = testbed
+    testbeds: dict[str, str] = {}
+    for c in cells:
+        if is_testbed(c.values["model"]):
+            name = c.values["model"]
+            if name not in testbeds:
+                testbeds[name] = str(build_testbed(size=name.partition(":")[2] or "default"))
+            c.values["model"] = testbeds[name]
+    for c in cells:
+        folder = Path(c.values["data_dir"] or "")
+        if folder.parent.name.startswith("skills-seed") and folder.parent.parent.name == "data":
+            _write_skills(folder.parent, c.values["seed"], c.values["num_samples"])
     for c in cells:
         folder = Path(c.values["data_dir"] or "")
         if (
@@ -179,6 +208,17 @@ def prepare(cells: list[Cell]) -> None:
         ):
             _generate_rows(folder, c.values["seed"], c.values["num_samples"])
     _resolve(cells)
+
+
+def _write_skills(root: Path, seed: int, num_rows: int) -> None:
+    """A seed's training rows of both skills, and the held-out rows every seed is scored on."""
+    from tsloss_harness.testbed.skills import LAYOUT, write_skill_data
+
+    if not all((root / folder / train).is_file() for folder, train, _ in LAYOUT.values()):
+        write_skill_data(root, num_rows, seed=seed)
+    heldout = skills_heldout_dir(root.parent.parent)
+    if not all((heldout / folder / test).is_file() for folder, _, test in LAYOUT.values()):
+        write_skill_data(heldout, None)
 
 
 def _generate_rows(folder: Path, seed: int, num_rows: int) -> None:

@@ -24,11 +24,15 @@ class CellResult(dict):
 
 
 def read_cell(key: dict, run_dir: Path, eval_dir: Path | None) -> CellResult:
-    result = CellResult(key=key, finished=False, converged_step=None, scores={}, metrics={}, sources=[])
+    result = CellResult(key=key, finished=False, converged_step=None, scores={}, metrics={}, sources=[], topology=None)
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         result.update(finished=True, converged_step=summary.get("converged_step"))
         result["sources"].append(str(run_dir))
+    except (OSError, json.JSONDecodeError):
+        pass
+    try:  # the prompt directory's provenance: the topology of the prompt that was scored
+        result["topology"] = json.loads((run_dir / "prompt" / "tsloss.json").read_text()).get("topology")
     except (OSError, json.JSONDecodeError):
         pass
     if eval_dir is not None:
@@ -184,6 +188,42 @@ def _mean_ci(values: list[float], digits: int = 1) -> str:
     return f"{text} (n={n})"
 
 
+def topology_against_scores(cells: list[CellResult]) -> list[dict]:
+    """Table II over the sweep's scored prompts: per task and topology metric, Spearman's ρ and
+    Mann-Whitney U (``topology.topology_accuracy_stats``) between the metric of each cell's final
+    prompt and its held-out score, pooled over every cell (seeds, and e.g. steps or methods)."""
+    from tsloss_harness.topology import METRIC_KEYS, topology_accuracy_stats
+
+    out = []
+    for task in sorted({t for c in cells for t in c["scores"]}):
+        scored = [c for c in cells if c["topology"] and task in c["scores"]]
+        if len(scored) < 3:
+            continue
+        for metric in METRIC_KEYS:
+            values = [c["topology"][metric] for c in scored if metric in c["topology"]]
+            if len(values) == len(scored):
+                stats = topology_accuracy_stats(values, [c["scores"][task] for c in scored])
+                out.append({"task": task, "metric": metric, **stats})
+    return out
+
+
+def _table2_markdown(rows: list[dict]) -> str:
+    def fmt(v, digits=3):
+        return "N/A" if v is None else f"{v:.{digits}g}"
+
+    columns = ["task", "metric", "n", "Spearman ρ", "p", "Mann-Whitney U", "p"]
+    body = [
+        [r["task"], r["metric"], str(r["n"]), fmt(r["spearman_rho"]), fmt(r["spearman_p"])]
+        + [fmt(r["mannwhitney_u"], 4), fmt(r["mannwhitney_p"])]
+        for r in rows
+    ]
+    return (
+        "\n### Table II: topology of the scored prompts against their scores\n\n"
+        + leaderboard.markdown_table(columns, body)
+        + "\n\nover every scored cell; U compares the metric of the cells at or below the median score with the rest.\n"
+    )
+
+
 def render_board(cells: list[CellResult], no_prompt: list[CellResult], varying: set[str]) -> tuple[str, list[dict]]:
     """The board's markdown and its group records (groups.json)."""
     columns, rows, records = group_rows(cells, no_prompt)
@@ -200,4 +240,7 @@ def render_board(cells: list[CellResult], no_prompt: list[CellResult], varying: 
             text += "\n" + leaderboard.render(leaderboard.build_tables(measurements), "md")
     else:
         text += f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n"
+    table2 = topology_against_scores(cells)
+    if table2:
+        text += _table2_markdown(table2)
     return text, records

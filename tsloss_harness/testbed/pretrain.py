@@ -56,6 +56,7 @@ class TestbedSize:
     seq_len: int  # tokens per sequence
     lr: float  # peak learning rate
     generated_rows: int  # rows generated when corpus="generated"
+    skill_rows: int = 0  # rows of each held-out-signal skill (testbed.skills) added to a generated corpus
     vocab_size: int = 2000  # BPE trained on the corpus (at most: generated text saturates near 1,150)
     model: dict = field(default_factory=dict)  # size overrides for tiny.build_tiny_model
     warmup_steps: int = 50
@@ -78,6 +79,10 @@ SIZES: dict[str, TestbedSize] = {
     # For the test suite: same shape, a fraction of the budget (<= 60 s on 2 cores).
     "quick": TestbedSize(
         steps=150, batch_size=16, seq_len=256, lr=3e-3, generated_rows=4000, warmup_steps=15, model=_SHAPE_128
+    ),
+    # The held-out-signal testbed (Tables II/III, the demo): the default plus the skills of testbed.skills.
+    "skills": TestbedSize(
+        steps=1500, batch_size=16, seq_len=256, lr=3e-3, generated_rows=20000, skill_rows=6000, model=_SHAPE_128
     ),
 }
 
@@ -137,7 +142,10 @@ def _corpus_info(corpus: str | os.PathLike, size: TestbedSize, seed: int) -> dic
 
         # The generator's output is defined by (n, seed, package version).
         ident = f"generated:n={size.generated_rows}:seed={seed}:v={__version__}"
-        return {"kind": "generated", "rows": size.generated_rows, "seed": seed, "id": ident}
+        if size.skill_rows:
+            ident += f":skills={size.skill_rows}"
+        info = {"kind": "generated", "rows": size.generated_rows, "seed": seed, "id": ident}
+        return info | ({"skill_rows": size.skill_rows} if size.skill_rows else {})
     path = _resolve_corpus_path(corpus)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"kind": "file", "path": str(path.resolve()), "sha256": digest, "id": f"sha256:{digest}"}
@@ -147,14 +155,26 @@ def _corpus_rows(info: dict) -> list[dict]:
     if info["kind"] == "generated":
         from tsloss_harness.testbed.problems import generate_gsm8k_rows
 
-        return generate_gsm8k_rows(info["rows"], seed=info["seed"])
+        rows = generate_gsm8k_rows(info["rows"], seed=info["seed"])
+        return rows + _skill_texts(info.get("skill_rows", 0), info["seed"], len(rows))
     rows = read_corpus_rows(Path(info["path"]))
     info["rows"] = len(rows)
     return rows
 
 
+def _skill_texts(n: int, seed: int, offset: int) -> list[dict]:
+    """Skill rows in their native formats, as ``{"text"}`` rows, shuffled (the first rows are validation)."""
+    import random
+
+    from tsloss_harness.testbed.skills import SKILLS, generate_skill_rows, native_text
+
+    rows = [{"text": native_text(k, r)} for k in SKILLS for r in generate_skill_rows(k, n, seed=f"pretrain-{seed}")]
+    random.Random(seed + offset).shuffle(rows)
+    return rows
+
+
 def _row_texts(rows: list[dict]) -> list[str]:
-    return [ROW_TEMPLATE.format(question=r["question"], answer=r["answer"]) for r in rows]
+    return [r["text"] if "text" in r else ROW_TEMPLATE.format(question=r["question"], answer=r["answer"]) for r in rows]
 
 
 def _pack(texts: list[str], tokenizer):
@@ -177,7 +197,8 @@ def _cache_key(arch: str, corpus_id: str, size_name: str, size: TestbedSize, see
         "arch": arch,
         "corpus": corpus_id,
         "size": size_name,
-        "hyper": asdict(size),
+        # a field added at its no-op default leaves existing builds' keys (and caches) as they were
+        "hyper": {k: v for k, v in asdict(size).items() if not (k == "skill_rows" and v == 0)},
         "seed": seed,
         "package": __version__,
         "recipe": RECIPE_VERSION,

@@ -1,0 +1,73 @@
+"""The held-out-signal skills: rows that are right, splits that are disjoint, native formats that never
+show the eval formats, and files the tuner and the offline tasks read."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tsloss_harness.data import extract_answer, load_examples, template_for
+from tsloss_harness.testbed import skills
+
+
+def test_rows_are_deterministic_and_streams_differ():
+    for skill in skills.SKILLS:
+        assert skills.generate_skill_rows(skill, 20, seed=3) == skills.generate_skill_rows(skill, 20, seed=3)
+        assert skills.train_rows(skill, 20, 0) != skills.train_rows(skill, 20, 1)
+
+
+def test_lookup_answers_are_the_asked_persons_count():
+    for row in skills.generate_skill_rows("lookup", 200, seed=0):
+        holdings = {(n, t): c for n, c, t in re.findall(r"(\w+) has (\d+) ([a-z ]+?)(?:,| and|\.)", row["question"])}
+        asked = re.search(r"How many ([a-z ]+) does (\w+) have\?$", row["question"])
+        assert len(holdings) == 3 and asked
+        expected = holdings[(asked.group(2), asked.group(1))]
+        assert extract_answer(row["answer"], "number") == expected
+
+
+def test_choice_answer_is_the_only_option_named_in_the_question():
+    for row in skills.generate_skill_rows("choice", 200, seed=0):
+        named = [letter for letter in "ABCD" if f" {row[letter]}." in row["Question"]]
+        assert named == [row["Answer"]]
+
+
+@pytest.mark.parametrize("skill", skills.SKILLS)
+def test_training_rows_never_hold_a_heldout_question(skill):
+    def key(r):
+        return r.get("question", r.get("Question"))
+
+    held = {key(r) for r in skills.heldout_rows(skill)}
+    assert len(held) > 0.95 * skills.HELDOUT_ROWS
+    for seed in range(5):
+        train = skills.train_rows(skill, 256, seed)
+        assert len(train) == 256 and not held & {key(r) for r in train}
+
+
+def test_native_formats_never_show_the_eval_formats():
+    """Pretraining must not show the cue the eval format gives: no 'Question:'/'Answer:' lines."""
+    for skill in skills.SKILLS:
+        for row in skills.generate_skill_rows(skill, 50, seed="pretrain-0"):
+            text = skills.native_text(skill, row)
+            assert "Question:" not in text and "Answer:" not in text
+
+
+def test_pretraining_corpus_of_the_skills_testbed_holds_both_native_formats():
+    from tsloss_harness.testbed.pretrain import SIZES, _corpus_info, _corpus_rows, _row_texts
+
+    texts = _row_texts(_corpus_rows(_corpus_info("generated", SIZES["skills"], 0)))
+    assert sum(t.startswith("Notes: ") for t in texts) == SIZES["skills"].skill_rows
+    assert sum(t.startswith("Quiz: ") for t in texts) == SIZES["skills"].skill_rows
+    default = _row_texts(_corpus_rows(_corpus_info("generated", SIZES["default"], 0)))
+    assert not any(t.startswith(("Notes: ", "Quiz: ")) for t in default)
+
+
+def test_written_files_are_what_the_tuner_reads(tmp_path):
+    folders = skills.write_skill_data(tmp_path, 12, seed=2, n_heldout=30)
+    lookup = load_examples("gsm8k", folders["lookup"], split="train")
+    choice = load_examples(skills.DATASETS["choice"], folders["choice"], split="train")
+    assert len(lookup) == len(choice) == 12
+    assert choice[0].target == " " + skills.train_rows("choice", 12, 2)[0]["Answer"]
+    assert lookup[0].prompt.startswith("Question: ") and lookup[0].prompt.endswith("\nAnswer:")
+    heldout = load_examples(skills.DATASETS["choice"], folders["choice"], split="test")
+    assert len(heldout) == 30 and template_for("mmlu_cf")["answer_type"] == "letter"

@@ -1,0 +1,122 @@
+"""Testbed tasks with held-out signal: abilities the testbed holds that the eval formats do not elicit.
+
+The testbed is pretrained on two in-context skills, each written in its own *native* format, beside
+the GSM8K-format arithmetic rows:
+
+- **lookup** (generation, GSM8K format): three people each hold a number of things; which number does
+  one of them hold? Native: ``Notes: ... / Ask: ... / Reply: ...``. Scored as GSM8K rows
+  (``Question: ...\\nAnswer:``, exact match on ``#### N``), a format whose pretraining rows are arithmetic.
+- **choice** (multiple choice, MMLU-CF format): which of four things does a person have? Native:
+  ``Quiz: ... / Solution: B``. Scored as MMLU-CF rows (``...\\nA. ..\\nD. ..\\nAnswer:``, letters by
+  log-likelihood), a format pretraining never shows.
+
+Both are solved by copying from the context (an induction-style circuit a 2-layer model learns), so a
+held-out row (new names, things and numbers) is as solvable as a training row; what the eval format
+lacks is the cue. A soft prompt tuned on training rows supplies it. The held-out set is fixed; each
+seed has its own training rows, none of them a held-out question; pretraining draws from yet another
+stream (``pretrain-<seed>``) and in the native formats only.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tsloss_harness.testbed.problems import _ITEMS, _NAMES
+
+SKILLS = ("lookup", "choice")
+# MMLU-CF subject name the choice rows are served under (``$TSLOSS_DATA_DIR/mmlu_cf/Testbed_{dev,val}.jsonl``).
+CHOICE_SUBJECT = "Testbed"
+_LETTERS = "ABCD"
+HELDOUT_ROWS = 200  # the held-out set every run is scored on
+
+
+def _people_and_things(rng: random.Random, k: int) -> tuple[list[str], list[str], list[int]]:
+    names = [n for n, _, _ in rng.sample(_NAMES, k)]
+    things = [plural for plural, _ in rng.sample(_ITEMS, k)]
+    counts = rng.sample(range(2, 40), k)
+    return names, things, counts
+
+
+def lookup_row(rng: random.Random) -> dict:
+    """A GSM8K-schema row: ``question``, ``answer`` (worked line + ``#### N``)."""
+    names, things, counts = _people_and_things(rng, 3)
+    facts = ", ".join(f"{n} has {c} {t}" for n, c, t in zip(names[:2], counts[:2], things[:2]))
+    facts += f" and {names[2]} has {counts[2]} {things[2]}."
+    k = rng.randrange(3)
+    return {
+        "question": f"{facts} How many {things[k]} does {names[k]} have?",
+        "answer": f"{names[k]} has {counts[k]} {things[k]}.\n#### {counts[k]}",
+    }
+
+
+def choice_row(rng: random.Random) -> dict:
+    """An MMLU-CF-schema row: ``Question``, ``A``..``D``, ``Answer`` (a letter)."""
+    names, _, counts = _people_and_things(rng, 1)
+    options = [plural for plural, _ in rng.sample(_ITEMS, 4)]
+    k = rng.randrange(4)
+    question = f"{names[0]} has {counts[0]} {options[k]}. What does {names[0]} have?"
+    return {"Question": question, **dict(zip(_LETTERS, options)), "Answer": _LETTERS[k]}
+
+
+def native_text(skill: str, row: dict) -> str:
+    """The row as pretraining shows it (never the eval format)."""
+    if skill == "lookup":
+        facts, ask = row["question"].rsplit(". ", 1)
+        return f"Notes: {facts}.\nAsk: {ask}\nReply: {row['answer']}"
+    options = "\n".join(f"{letter}. {row[letter]}" for letter in _LETTERS)
+    return f"Quiz: {row['Question']}\n{options}\nSolution: {row['Answer']}"
+
+
+def generate_skill_rows(skill: str, n: int, seed: int | str = 0) -> list[dict]:
+    """``n`` rows of one skill from the stream named ``seed``; same seed, same rows."""
+    if skill not in SKILLS:
+        raise ValueError(f"unknown skill {skill!r} (choose from {', '.join(SKILLS)})")
+    rng = random.Random(f"{skill}:{seed}")
+    make = lookup_row if skill == "lookup" else choice_row
+    return [make(rng) for _ in range(n)]
+
+
+def _question(row: dict) -> str:
+    return row.get("question", row.get("Question"))
+
+
+def heldout_rows(skill: str, n: int = HELDOUT_ROWS) -> list[dict]:
+    """The held-out rows: one fixed set, the same for every seed, so every run is scored on the same
+    questions (and the no-prompt model once)."""
+    return generate_skill_rows(skill, n, seed="heldout")
+
+
+def train_rows(skill: str, n: int, seed: int) -> list[dict]:
+    """A seed's training rows: its own stream, minus any question of the held-out set."""
+    held = {_question(r) for r in heldout_rows(skill)}
+    rows = [r for r in generate_skill_rows(skill, n + 64, seed=f"train-{seed}") if _question(r) not in held]
+    if len(rows) < n:
+        rows += [r for r in generate_skill_rows(skill, 4 * n, seed=f"train-{seed}-more") if _question(r) not in held]
+    return rows[:n]
+
+
+# Where each skill's rows go: (folder under a data root, training file, held-out file). The folders are
+# what the tuner reads (``--dataset gsm8k`` / ``mmlu_cf:Testbed``) and what the offline tasks read
+# (``TSLOSS_GSM8K_DIR`` = <root>/gsm8k; ``TSLOSS_DATA_DIR`` = <root> for ``testbed_choice_offline``).
+LAYOUT = {
+    "lookup": ("gsm8k", "train.jsonl", "test.jsonl"),
+    "choice": ("mmlu_cf", f"{CHOICE_SUBJECT}_dev.jsonl", f"{CHOICE_SUBJECT}_val.jsonl"),
+}
+DATASETS = {"lookup": "gsm8k", "choice": f"mmlu_cf:{CHOICE_SUBJECT}"}
+EVAL_TASKS = {"lookup": "gsm8k_offline", "choice": "testbed_choice_offline"}
+
+
+def write_skill_data(root, n_train: int | None, seed: int = 0, n_heldout: int = HELDOUT_ROWS) -> dict[str, str]:
+    """Both skills under ``root`` (the layout above): a seed's ``n_train`` training rows (None: none)
+    and the held-out rows. Returns {skill: its folder}."""
+    from pathlib import Path
+
+    from tsloss_harness.data import write_jsonl
+
+    folders = {}
+    for skill, (folder, train_file, heldout_file) in LAYOUT.items():
+        folders[skill] = str(Path(root) / folder)
+        if n_train is not None:
+            write_jsonl(train_rows(skill, n_train, seed), Path(root) / folder / train_file)
+        write_jsonl(heldout_rows(skill, n_heldout), Path(root) / folder / heldout_file)
+    return folders
