@@ -222,7 +222,9 @@ def test_cell_entry_script_runs_the_tuner():
     assert "--num_virtual_tokens" in done.stdout
 
 
-@pytest.mark.parametrize("name", ["sweep_convergence", "table3_heldout", "table4_methods", "table5_sensitivity"])
+@pytest.mark.parametrize(
+    "name", ["sweep_convergence", "table2_topology", "table3_heldout", "table4_methods", "table5_sensitivity"]
+)
 def test_shipped_protocols_parse_and_expand(name):
     """Every shipped protocol is a valid grid; a setting that holds an axis at one value (Table V's
     alpha at lambda_ts = 100) needs no baseline cell for that axis."""

@@ -13,7 +13,7 @@ import pytest
 
 from tsloss_harness.cli import main as tsloss
 from tsloss_harness.data import read_jsonl
-from tsloss_harness.testbed import problems
+from tsloss_harness.testbed import skills
 from tsloss_harness.topology import METRIC_KEYS
 
 # lm-eval's gsm8k filters (lm_eval/tasks/gsm8k/gsm8k.yaml): "#### <number>", else the last number.
@@ -89,7 +89,7 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
         "--model",
         str(quick_testbed_dir),
         "--steps",
-        "10",
+        "60",
         "--num_samples",
         "2",
         "--output_dir",
@@ -99,19 +99,18 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
     summary = json.loads((out / "demo.json").read_text())
-    # The scored rows are the testbed's held-out rows: its generator, its seed, the corpus's first rows.
+    # The scored rows are the tuned rows: lookup rows of the skills generator, the testbed's seed.
     rows = read_jsonl(out / "data" / "test.jsonl")
-    assert rows == read_jsonl(out / "data" / "train.jsonl") == problems.generate_gsm8k_rows(2, seed=0)
+    assert rows == read_jsonl(out / "data" / "train.jsonl") == skills.train_rows("lookup", 2, 0)
 
     tune = summary["tune"]
-    assert tune["steps"] == 10 and (out / "tune" / "prompt" / "tsloss.json").is_file()
-    assert tune["ce_final"] < tune["ce_first"]  # 10 steps at lr 0.01 on a pretrained testbed already move it
+    assert tune["steps"] == 60 and (out / "tune" / "prompt" / "tsloss.json").is_file()
+    assert tune["ce_final"] < tune["ce_first"]
     assert sorted(p.name for p in (out / "tune" / "checkpoints").iterdir()) == [
-        "step-10",
-        "step-2",
-        "step-4",
-        "step-6",
-        "step-8",
+        "step-15",
+        "step-30",
+        "step-45",
+        "step-60",
     ]
 
     with_prompt, without = summary["lm_eval"]["tsprompt"], summary["lm_eval"]["hf"]
@@ -126,13 +125,14 @@ def test_demo_end_to_end(quick_testbed_dir, tmp_path):
         nll, greedy = expected[name]
         assert r["answer_nll"] == pytest.approx(nll, rel=1e-4), name
         assert r["greedy_answer"] == greedy, name
-    # The prompt's effect as lm-eval measures it: the tuned answers became likelier (10 steps lower
-    # the tuner's CE by ~10% on this testbed; without the prompt lm-eval sees the untuned model).
+    # The prompt's effect as lm-eval measures it, the demo's visible change: without the prompt the
+    # testbed answers neither row; with it, the tuned answers are likelier and at least one is exact.
     assert with_prompt["answer_nll"] < 0.97 * without["answer_nll"], (with_prompt, without)
+    assert without["exact_match_strict"] == 0 and with_prompt["exact_match_strict"] >= 0.5, (with_prompt, without)
     data = json.loads(Path(with_prompt["results_json"]).read_text())
     report = data["config"]["tsprompt"]  # what tsprompt adds to the results: the prompt's topology + provenance
     assert set(report["topology"]) == set(METRIC_KEYS) and report["num_virtual_tokens"] == 20
-    assert report["provenance"]["regularizer"] == "tsloss" and report["provenance"]["step"] == 10
+    assert report["provenance"]["regularizer"] == "tsloss" and report["provenance"]["step"] == 60
     assert data["configs"]["gsm8k"]["num_fewshot"] == 0 and data["configs"]["gsm8k_answer_offline"]["num_fewshot"] == 0
     assert "tsprompt" not in json.loads(Path(without["results_json"]).read_text())["config"]
     # Same rows, other greedy generations: the prompt steers the model.
@@ -179,12 +179,8 @@ def test_bad_requests_fail_in_one_line_before_any_work(argv, message, tmp_path, 
 @pytest.mark.slow
 def test_too_many_rows_for_the_testbed_hold_out(quick_testbed_dir, tmp_path, capsys):
     # quick: 4,000 generated rows, 80 held out; more would mix in rows the testbed was trained on.
-    assert (
-        tsloss(
-            ["demo", "--model", str(quick_testbed_dir), "--num_samples", "81", "--output_dir", str(tmp_path / "out")]
-        )
-        == 2
-    )
+    argv = ["--model", str(quick_testbed_dir), "--rows", "arithmetic", "--num_samples", "81"]
+    assert tsloss(["demo", *argv, "--output_dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == "tsloss demo: --num_samples 81: the testbed holds out only 80 rows\n"
 
 

@@ -18,7 +18,7 @@ def demo_parser() -> argparse.ArgumentParser:
         prog="tsloss demo",
         description=(
             "The whole job on the built-in testbed, offline: build (cached) the quick testbed, tune a TSLoss prompt "
-            "on its held-out GSM8K-format rows, score those rows with lm_eval with the prompt (tsprompt) and "
+            "on GSM8K-format rows it never saw, score those rows with lm_eval with the prompt (tsprompt) and "
             "without it (hf), write the HTML report."
         ),
     )
@@ -33,6 +33,13 @@ def demo_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="training rows, all scored by lm-eval (default: 1, the paper's single-sample setting)",
+    )
+    parser.add_argument(
+        "--rows",
+        choices=("lookup", "arithmetic"),
+        default="lookup",
+        help="lookup (default): short GSM8K-format rows (testbed.skills) a prompt learns within the demo; "
+        "arithmetic: the testbed's held-out worked-arithmetic rows (learned by the default testbed only)",
     )
     parser.add_argument(
         "--lr", type=float, default=None, help="prompt learning rate (default: the testbed's TUNE_DEFAULTS, 0.01)"

@@ -4,8 +4,8 @@
 
 1. testbed: the "quick" pretrained tiny llama (:func:`tsloss_harness.testbed.build_testbed`, cached under
    ``$TSLOSS_CACHE``) -- a random-weight model cannot be steered by a prompt, a pretrained one can;
-2. data: GSM8K-format rows from the testbed's own generator and seed, i.e. the first rows of its
-   pretraining corpus, which are exactly the slice its build held out (never trained on);
+2. data: GSM8K-format rows the testbed never saw: short "lookup" rows (``testbed.skills``; default),
+   or with ``--rows arithmetic`` the first rows of its own corpus, the slice its build held out;
 3. tune: a 20-token TSLoss prompt on those rows (the testbed's tuner settings, fewer steps);
 4. score: the stock ``lm_eval`` CLI on the same rows (the paper's single/multi-sample setting measures
    training-set accuracy), 0-shot greedy, once as ``--model tsprompt`` with the prompt and once as
@@ -116,24 +116,29 @@ def _model(args: argparse.Namespace, summary: dict) -> tuple[Path, int]:
     # A testbed's generated corpus starts with the slice its build held out (never trained on):
     # the same generator and seed give exactly those rows.
     held_out = max(1, card["corpus"]["rows"] // 50)
-    if args.num_samples > held_out:
+    if args.rows == "arithmetic" and args.num_samples > held_out:
         raise DemoError(f"--num_samples {args.num_samples}: the testbed holds out only {held_out} rows")
     summary["model"].update(testbed_build_s=card["wall_s"], testbed_val_loss=card["val_loss"])
     return model, card["seed"]
 
 
 def _data(args: argparse.Namespace, out: Path, row_seed: int, summary: dict) -> Path:
-    """2. The data: the rows tuned on are the rows lm-eval scores."""
+    """2. The data: the rows tuned on are the rows lm-eval scores. ``lookup`` (default): short GSM8K-format
+    rows of the skills generator, which no testbed pretrains on in this format, whose answers a prompt
+    learns within the demo's steps; ``arithmetic``: the held-out slice of the testbed's own corpus."""
     from tsloss_harness.data import write_jsonl
-    from tsloss_harness.testbed import problems
+    from tsloss_harness.testbed import problems, skills
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = problems.generate_gsm8k_rows(args.num_samples, seed=row_seed)
+    if args.rows == "lookup":
+        rows = skills.train_rows("lookup", args.num_samples, seed=row_seed)
+    else:
+        rows = problems.generate_gsm8k_rows(args.num_samples, seed=row_seed)
     data_dir = out / "data"
     write_jsonl(rows, data_dir / "train.jsonl")
     write_jsonl(rows, data_dir / "test.jsonl")
-    summary["data"] = {"dir": str(data_dir.resolve()), "rows": len(rows), "generator_seed": row_seed}
-    _say(f"[2/5] data: {len(rows)} generated GSM8K-format row(s) -> {data_dir}")
+    summary["data"] = {"dir": str(data_dir.resolve()), "rows": len(rows), "kind": args.rows, "generator_seed": row_seed}
+    _say(f"[2/5] data: {len(rows)} generated GSM8K-format {args.rows} row(s) -> {data_dir}")
     return data_dir
 
 

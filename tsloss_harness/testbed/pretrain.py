@@ -82,7 +82,7 @@ SIZES: dict[str, TestbedSize] = {
     ),
     # The held-out-signal testbed (Tables II/III, the demo): the default plus the skills of testbed.skills.
     "skills": TestbedSize(
-        steps=1500, batch_size=16, seq_len=256, lr=3e-3, generated_rows=20000, skill_rows=6000, model=_SHAPE_128
+        steps=2000, batch_size=16, seq_len=256, lr=3e-3, generated_rows=20000, skill_rows=20000, model=_SHAPE_128
     ),
 }
 

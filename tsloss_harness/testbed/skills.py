@@ -27,7 +27,7 @@ SKILLS = ("lookup", "choice")
 # MMLU-CF subject name the choice rows are served under (``$TSLOSS_DATA_DIR/mmlu_cf/Testbed_{dev,val}.jsonl``).
 CHOICE_SUBJECT = "Testbed"
 _LETTERS = "ABCD"
-HELDOUT_ROWS = 200  # the held-out set every run is scored on
+HELDOUT_ROWS = 100  # the held-out set every run is scored on (lm-eval runs once per cell: kept small)
 
 
 def _people_and_things(rng: random.Random, k: int) -> tuple[list[str], list[str], list[int]]:
