@@ -91,3 +91,25 @@ def test_two_ranks_equal_one_rank(case, tiny_llama_dir, short_dir, tmp_path):
             assert a["beta_h0"] == pytest.approx(b["beta_h0"], rel=1e-5)
     assert two["final"]["accuracy"] == one["final"]["accuracy"]
     assert two["final"]["h0_mean_lifetime"] == pytest.approx(one["final"]["h0_mean_lifetime"], rel=1e-4)
+
+
+def test_run_context_restores_the_process_state():
+    """What a run changes in the process is undone on exit, so later runs and model loads are not
+    affected (a ZeRO-3 config left registered made later ``from_pretrained`` calls partition)."""
+    import os
+
+    import torch.nn.functional as F
+    from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+
+    from tsloss_harness.tune import distributed
+
+    linear, rank_before, rng = F.linear, os.environ.get("LOCAL_RANK"), torch.get_rng_state()
+    with distributed.run_context():
+        assert os.environ["LOCAL_RANK"] == (rank_before or "0")
+        kept = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 1})  # noqa: F841
+        assert is_deepspeed_zero3_enabled()
+        F.linear = lambda *args: None
+        torch.rand(1)
+    assert not is_deepspeed_zero3_enabled()
+    assert F.linear is linear and os.environ.get("LOCAL_RANK") == rank_before
+    assert torch.equal(torch.get_rng_state(), rng)

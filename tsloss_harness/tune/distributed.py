@@ -22,7 +22,9 @@ RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_POR
 @contextlib.contextmanager
 def run_context():
     """Inside: rank variables present (one rank unless a launcher set them); on exit the variables,
-    ``torch.nn.functional.linear`` and the CPU/CUDA RNG states are what they were before."""
+    ``torch.nn.functional.linear`` and the CPU/CUDA RNG states are what they were before, and no
+    ZeRO-3 config is left registered with transformers (it would make every later ``from_pretrained``
+    in the process build a partitioned model)."""
     import torch.nn.functional as F
 
     linear = F.linear
@@ -32,6 +34,9 @@ def run_context():
     try:
         yield
     finally:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
         F.linear = linear
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
