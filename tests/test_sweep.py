@@ -25,7 +25,7 @@ from tsloss_harness.cli import main as tsloss
 from tsloss_harness.data import read_jsonl, write_jsonl
 from tsloss_harness.prompt import load_prompt
 from tsloss_harness.sweep import SweepError, grid, load_sweep_config, parse_sweep_config, run_sweep
-from tsloss_harness.sweep.results import CellResult, convergence_ratios
+from tsloss_harness.sweep.results import CellResult, convergence_ratios, over_no_prompt, score_differences
 
 TINY_TUNE = {"max_steps": 3, "eval_every": 0, "topology_every": 0, "lr": 0.01, "warmup_ratio": 0.0}
 
@@ -338,6 +338,38 @@ def test_convergence_ratios_from_converged_steps():
     assert (
         multi["ratio"] == pytest.approx(0.8) and multi["ci95"] == [None, None] and multi["paired_ci95"] == [None, None]
     )
+
+
+def test_score_differences_are_paired_by_seed_and_over_the_no_prompt_model():
+    """Score minus the baseline's on the same seed (seeds missing a score on either side drop out);
+    and each group's scores minus the model's single no-prompt score; CIs by Student t (scipy)."""
+    scores = {  # (regularizer, seed) -> {task: %}
+        ("none", 0): {"a": 30.0, "b": 50.0},
+        ("none", 1): {"a": 40.0, "b": 55.0},
+        ("none", 2): {"a": 20.0},
+        ("tsloss", 0): {"a": 35.0, "b": 40.0},
+        ("tsloss", 1): {"a": 38.0, "b": 60.0},
+        ("tsloss", 2): {"a": 29.0, "b": 70.0},
+        ("tsloss", 3): {"a": 90.0},  # no baseline on seed 3
+    }
+    cells = [
+        CellResult(key={"regularizer": r, "seed": seed}, finished=True, converged_step=None, scores=v)
+        for (r, seed), v in scores.items()
+    ]
+    by_task = {d["task"]: d for d in score_differences(cells, {"regularizer": "none"})}
+    assert (by_task["a"]["value"], by_task["a"]["seeds"], by_task["b"]["seeds"]) == ("tsloss", 3, 2)
+    diffs = [5.0, -2.0, 9.0]
+    ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert by_task["a"]["difference"] == pytest.approx(4.0)
+    assert by_task["a"]["ci95"] == pytest.approx([ci.low, ci.high])
+    assert by_task["b"]["difference"] == pytest.approx(-2.5)
+
+    base = CellResult(key={"model": "m"}, finished=True, converged_step=None, scores={"a": 25.0, "c": 1.0})
+    over = {(d["group"]["regularizer"], d["task"]): d for d in over_no_prompt(cells, [base])}
+    assert set(over) == {("none", "a"), ("tsloss", "a")}  # b and c: not scored on both sides
+    assert over["none", "a"]["difference"] == pytest.approx(5.0) and over["tsloss", "a"]["seeds"] == 4
+    ci = stats.ttest_1samp([5.0, 15.0, -5.0], 0.0).confidence_interval(0.95)
+    assert over["none", "a"]["ci95"] == pytest.approx([ci.low, ci.high])
 
 
 # ----------------------------------------------------------------------------- on a real Ray cluster

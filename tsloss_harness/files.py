@@ -1,4 +1,4 @@
-"""Writing results so that a reader never sees half of one: the one atomic directory swap."""
+"""Writing results so that a reader never sees half of one: the atomic file write and directory swap."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``path.write_text(text)`` that a reader (or a kill mid-write) never sees half of: written beside
+    it, then renamed over it. A sweep takes a cell whose ``summary.json`` exists for finished."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -74,7 +74,7 @@ def _interrupt(signum, frame):
 
 
 def _print_result(result: dict) -> None:
-    from tsloss_harness.sweep.results import format_ratio
+    from tsloss_harness.sweep.results import format_difference, format_ratio
 
     print(result["board"].split("\n\nmean ±")[0].split("\n", 2)[-1])  # the group table
     print(
@@ -83,6 +83,8 @@ def _print_result(result: dict) -> None:
     )
     for r in result["ratios"]:
         print("  " + format_ratio(r))
+    for d in result["differences"]:
+        print("  " + format_difference(d))
     if result["failed"]:
         print("failed cells (logs: <cell>/tune.log, <cell>/eval.log):", file=sys.stderr)
         for name, error in result["failed"]:

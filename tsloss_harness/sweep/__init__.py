@@ -18,7 +18,7 @@ The config (YAML)::
       single: 1
       multi: {num_samples: 10, tune: {num_virtual_tokens: 200}, axes: {regularizer: [none]}}
     seeds: 5                    # or a list
-    baseline: {regularizer: none}   # ratios of iterations to convergence against this axis value
+    baseline: {regularizer: none}   # ratios of iterations (and score differences) against this axis value
     resources: {num_cpus: 1, num_gpus: 0}   # per cell (ranks, threads too); settings may override
     retries: 2                  # further attempts of a cell whose process died
     eval:                       # lm-eval on each cell's prompt (--model tsprompt), results in the cell
@@ -36,8 +36,9 @@ the same resolved config is reused; an interrupted one resumes from its last che
 config saves them, ``save_every``) or starts again; a finished cell whose config has changed is
 reported as failed and left as it is (``--rerun-changed`` deletes and redoes it). At the end the sweep
 writes ``board.md`` (per cell group: iterations to convergence and lm-eval scores, mean ± 95% CI over
-seeds; the paper's tables when the grid varies only what they show), ``ratios.json`` and
-``groups.json``, prints the ratios and the failures, and exits non-zero if any cell failed.
+seeds; the paper's tables when the grid varies only what they show; the lm-eval scores against the
+baseline, paired by seed), ``ratios.json``, ``differences.json`` and ``groups.json``, prints the
+ratios, the score differences and the failures, and exits non-zero if any cell failed.
 """
 
 from __future__ import annotations
@@ -170,12 +171,14 @@ def _report(
     bases = [results.read_cell(c.key, c.run_dir, c.dir / "eval") for c in no_prompt]
     ratios = results.convergence_ratios(finished, config.baseline)
     varying = {k for k in (cells[0].key if cells else {}) if k != "seed" and len({repr(c.key[k]) for c in cells}) > 1}
-    board_text, groups = results.render_board(finished, bases, varying)
+    differences = results.score_differences(finished, config.baseline) + results.over_no_prompt(finished, bases)
+    board_text, groups = results.render_board(finished, bases, varying, differences)
     board = out / config.leaderboard
     board.parent.mkdir(parents=True, exist_ok=True)
     board.write_text(board_text)
     (out / "ratios.json").write_text(json.dumps(ratios, indent=2) + "\n")
     (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n")
+    (out / "differences.json").write_text(json.dumps(differences, indent=2) + "\n")
     failed = [(name, r["error"]) for name, r in records.items() if r.get("state") == "failed"]
     failed += [
         (name, f"finished with another config ({diff}); --rerun-changed deletes and redoes it")
@@ -187,6 +190,7 @@ def _report(
         "reused": len(cells) - ran - len(changed),
         "failed": failed,
         "ratios": ratios,
+        "differences": differences,
         "leaderboard": str(board),
         "board": board_text,
         "records": records,

@@ -12,7 +12,7 @@ from typing import Any
 
 from tsloss_harness import leaderboard
 
-__all__ = ["CellResult", "convergence_ratios", "read_cell", "render_board"]
+__all__ = ["CellResult", "convergence_ratios", "read_cell", "over_no_prompt", "render_board", "score_differences"]
 
 # Axes the paper's tables (leaderboard) tell apart; a grid over anything else gets the group table only.
 PAPER_AXES = {"setting", "model", "dataset", "method", "regularizer", "num_samples"}
@@ -67,12 +67,10 @@ def _value_key(value: Any) -> tuple:
     return (type(value).__name__, repr(value))
 
 
-def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> list[dict]:
+def _against_baseline(cells: list[CellResult], baseline: dict[str, Any]):
     """For each baseline axis, each group of finished cells that differ only in that axis and seed:
-    every other value's converged_step against the baseline value's, as the ratio of means over
-    converged runs (``leaderboard.ratio_ci``) and the geometric mean of per-seed ratios over seeds
-    where both converged (``leaderboard.paired_ratio_ci``), each with its 95% CI."""
-    out = []
+    yields (group, axis, value, {seed: cell} at that value, {seed: cell} at the baseline value) for
+    every value other than the baseline's."""
     for axis, base_value in baseline.items():
         groups: dict[tuple, dict[tuple, tuple[Any, dict]]] = {}
         for cell in cells:
@@ -81,23 +79,92 @@ def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> lis
                 continue
             rest = tuple((k, v) for k, v in key.items() if k not in (axis, "seed"))
             slot = groups.setdefault(rest, {}).setdefault(_value_key(key[axis]), (key[axis], {}))
-            slot[1][key["seed"]] = cell["converged_step"]
+            slot[1][key["seed"]] = cell
         for rest, by_value in groups.items():
             if _value_key(base_value) not in by_value:
                 continue
             base = by_value[_value_key(base_value)][1]
             for vkey, (value, ours) in by_value.items():
                 if vkey != _value_key(base_value):
-                    out.append(
-                        {
-                            "group": dict(rest),
-                            "axis": axis,
-                            "value": value,
-                            "baseline": base_value,
-                            **_ratio_entry(ours, base),
-                        }
-                    )
+                    yield dict(rest), axis, value, ours, base
+
+
+def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> list[dict]:
+    """Against each baseline axis value (``_against_baseline``): every other value's converged_step as
+    the ratio of means over converged runs (``leaderboard.ratio_ci``) and the geometric mean of
+    per-seed ratios over seeds where both converged (``leaderboard.paired_ratio_ci``), each with its
+    95% CI."""
+    out = []
+    for group, axis, value, ours, base in _against_baseline(cells, baseline):
+        steps = {s: c["converged_step"] for s, c in ours.items()}
+        base_steps = {s: c["converged_step"] for s, c in base.items()}
+        entry = {"group": group, "axis": axis, "value": value, "baseline": baseline[axis]}
+        out.append(entry | _ratio_entry(steps, base_steps))
     return out
+
+
+def score_differences(cells: list[CellResult], baseline: dict[str, Any]) -> list[dict]:
+    """Against each baseline axis value (``_against_baseline``), per lm-eval task: the score minus the
+    baseline's score on the same seed (same rows, same initial prompt), in points, mean and 95% CI
+    over the seeds where both were scored."""
+    out = []
+    for group, axis, value, ours, base in _against_baseline(cells, baseline):
+        tasks = sorted({t for c in ours.values() for t in c["scores"]})
+        for task in tasks:
+            diffs = [
+                ours[s]["scores"][task] - base[s]["scores"][task]
+                for s in sorted(ours)
+                if s in base and task in ours[s]["scores"] and task in base[s]["scores"]
+            ]
+            if not diffs:
+                continue
+            mean, half, n = leaderboard.mean_ci(diffs)
+            ci = [mean - half, mean + half] if half is not None else [None, None]
+            out.append(
+                {"group": group, "axis": axis, "value": value, "baseline": baseline[axis], "task": task}
+                | {"difference": mean, "ci95": ci, "seeds": n}
+            )
+    return out
+
+
+def over_no_prompt(cells: list[CellResult], no_prompt: list[CellResult]) -> list[dict]:
+    """Per cell group and task: the score minus the same model's score without a prompt (one number,
+    the same held-out rows), in points, mean and 95% CI over seeds."""
+    out = []
+    groups: dict[tuple, list[CellResult]] = {}
+    for cell in cells:
+        if cell["finished"]:
+            groups.setdefault(tuple((k, v) for k, v in cell["key"].items() if k != "seed"), []).append(cell)
+    for rest, members in groups.items():
+        model = dict(rest).get("model")
+        bases = [b for b in no_prompt if model is None or b["key"].get("model") == model]
+        if len(bases) != 1:
+            continue
+        for task in sorted({t for c in members for t in c["scores"]} & set(bases[0]["scores"])):
+            diffs = [c["scores"][task] - bases[0]["scores"][task] for c in members if task in c["scores"]]
+            mean, half, n = leaderboard.mean_ci(diffs)
+            ci = [mean - half, mean + half] if half is not None else [None, None]
+            entry = {"group": dict(rest), "axis": "prompt", "value": "tuned", "baseline": "none", "task": task}
+            out.append(entry | {"difference": mean, "ci95": ci, "seeds": n})
+    return out
+
+
+def _group_prefix(group: dict) -> str:
+    """``"lambda_ts=0.5 model=x: "``, or nothing for the one group of a single-axis sweep."""
+    text = " ".join(f"{k}={v}" for k, v in group.items())
+    return f"{text}: " if text else ""
+
+
+def format_difference(d: dict) -> str:
+    return (
+        f"{_group_prefix(d['group'])}{d['axis']}={d['value']} − {d['axis']}={d['baseline']} on {d['task']} = "
+        f"{_fmt_points(d['difference'])} points (95% CI {_fmt_points(d['ci95'][0])} to {_fmt_points(d['ci95'][1])}; "
+        f"paired by seed, {d['seeds']} seeds)"
+    )
+
+
+def _fmt_points(x: float | None) -> str:
+    return "—" if x is None else f"{x:+.1f}"
 
 
 def _ratio_entry(ours: dict, base: dict) -> dict:
@@ -121,9 +188,8 @@ def _ratio_entry(ours: dict, base: dict) -> dict:
 
 
 def format_ratio(r: dict) -> str:
-    group = " ".join(f"{k}={v}" for k, v in r["group"].items())
     return (
-        f"{group + ': ' if group else ''}{r['axis']}={r['value']} ÷ {r['axis']}={r['baseline']} iterations to "
+        f"{_group_prefix(r['group'])}{r['axis']}={r['value']} ÷ {r['axis']}={r['baseline']} iterations to "
         f"convergence = {_fmt(r['ratio'])} (95% CI {_fmt(r['ci95'][0])}–{_fmt(r['ci95'][1])}; converged "
         f"{r['converged']}/{r['runs']} vs {r['baseline_converged']}/{r['baseline_runs']}); paired by seed "
         f"{_fmt(r['paired_ratio'])} (95% CI {_fmt(r['paired_ci95'][0])}–{_fmt(r['paired_ci95'][1])}, {r['pairs']} seeds)"
@@ -224,7 +290,19 @@ def _table2_markdown(rows: list[dict]) -> str:
     )
 
 
-def render_board(cells: list[CellResult], no_prompt: list[CellResult], varying: set[str]) -> tuple[str, list[dict]]:
+def _differences_markdown(differences: list[dict]) -> str:
+    rows = [
+        [" ".join(f"{k}={v}" for k, v in d["group"].items()), f"{d['axis']}={d['value']} − {d['baseline']}", d["task"]]
+        + [_fmt_points(d["difference"]), f"{_fmt_points(d['ci95'][0])} to {_fmt_points(d['ci95'][1])}", str(d["seeds"])]
+        for d in differences
+    ]
+    columns = ["group", "against the baseline", "task", "difference (points)", "95% CI", "seeds"]
+    return "\n### Scores against the baseline, paired by seed\n\n" + leaderboard.markdown_table(columns, rows) + "\n"
+
+
+def render_board(
+    cells: list[CellResult], no_prompt: list[CellResult], varying: set[str], differences: list[dict] = ()
+) -> tuple[str, list[dict]]:
     """The board's markdown and its group records (groups.json)."""
     columns, rows, records = group_rows(cells, no_prompt)
     text = (
@@ -240,6 +318,8 @@ def render_board(cells: list[CellResult], no_prompt: list[CellResult], varying: 
             text += "\n" + leaderboard.render(leaderboard.build_tables(measurements), "md")
     else:
         text += f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n"
+    if differences:
+        text += _differences_markdown(differences)
     table2 = topology_against_scores(cells)
     if table2:
         text += _table2_markdown(table2)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tsloss_harness import processes
+from tsloss_harness.files import write_text_atomic
 
 __all__ = ["run_cell", "tune_command"]
 
@@ -214,8 +215,8 @@ def _eval(spec: dict, marker: _Marker) -> dict:
             "retryable": True,
             "error": error if rc != 0 else "lm_eval exited 0 without a results file",
         }
-    (eval_dir / "eval.json").write_text(
-        json.dumps({"spec": e, "results": results, "command": shlex.join(cmd)}, indent=2)
+    write_text_atomic(
+        eval_dir / "eval.json", json.dumps({"spec": e, "results": results, "command": shlex.join(cmd)}, indent=2)
     )
     return {}
 
@@ -232,9 +233,7 @@ class _Marker:
         self.write(stage="start", pid=None)
 
     def write(self, **fields) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"token": self.token, "host": socket.gethostname(), **fields}))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps({"token": self.token, "host": socket.gethostname(), **fields}))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

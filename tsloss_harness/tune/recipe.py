@@ -27,6 +27,7 @@ import torch
 
 from tsloss_harness.ds_config import fill_ds_config
 from tsloss_harness.errors import first_line
+from tsloss_harness.files import write_text_atomic
 from tsloss_harness.monitor import MetricsMonitor
 from tsloss_harness.tune import batches, distributed, objective
 from tsloss_harness.tune.accuracy import train_accuracy
@@ -350,7 +351,7 @@ class TuneRecipe:
             "config": dataclasses.asdict(self.config),
         }
         if self.is_main:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.engine.destroy()
         self.hf_ds_config = None
         return summary
