@@ -152,6 +152,10 @@ def test_convergence_protocol_config_keeps_the_protocol():
         ({"retries": -1}, "retries"),
         ({"eval": {"limit": 2}}, "eval.tasks"),
         ({"eval": {"tasks": ["gsm8k"], "model_args": {"prompt": "x"}}}, "come from the cell"),
+        ({"eval": {"tasks": ["gsm8k"], "variants": {"plain": {}}}}, "not 'plain'"),
+        ({"eval": {"tasks": ["gsm8k"], "variants": {"a": {"cells": "bare"}}}}, "variants.a.cells"),
+        ({"eval": {"tasks": ["gsm8k"], "variants": {"a": {"model_args": {"act": "f"}}}}}, "act= comes from act:"),
+        ({"eval": {"tasks": ["gsm8k"], "variants": {"a": {"act": {"heads": 2}}}}}, "variants.a.act"),
     ],
 )
 def test_bad_sweep_configs(tmp_path, change, message):
@@ -159,6 +163,23 @@ def test_bad_sweep_configs(tmp_path, change, message):
     config["axes"] = {"regularizer": ["none", "tsloss"], **change.get("axes", {})}
     with pytest.raises(SweepError, match=message):
         parse_sweep_config(config)
+
+
+def test_a_variant_that_selects_no_cell_is_refused_before_anything_runs(tmp_path, gsm8k_dir):
+    variant = {"cells": {"regularizer": "nne"}, "model_args": {"dpc": True}}
+    config = parse_sweep_config(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": str(tmp_path / "model"),
+            "data_dir": str(gsm8k_dir),
+            "tune": {**TINY_TUNE, "num_samples": 1},
+            "axes": {"regularizer": ["none", "tsloss"]},
+            "eval": {"tasks": ["gsm8k_offline"], "variants": {"dpc": variant}},
+        }
+    )
+    with pytest.raises(SweepError, match=r"eval.variants.dpc: cells \{'regularizer': 'nne'\} selects no cell"):
+        run_sweep(config, progress=False)
+    assert not list((tmp_path / "out").rglob("summary.json"))
 
 
 def test_bad_config_file_fails_in_one_line(tmp_path, capsys):
@@ -247,7 +268,7 @@ def test_shipped_protocols_parse_and_expand(name):
 
 
 def test_skills_cells_tune_on_their_seed_and_are_scored_on_the_shared_heldout_rows(tmp_path):
-    from tsloss_harness.sweep import _eval_for
+    from tsloss_harness.sweep import _evals_for, _prepare_variants
     from tsloss_harness.sweep.grid import _write_skills, expand
     from tsloss_harness.testbed import skills
 
@@ -258,17 +279,20 @@ def test_skills_cells_tune_on_their_seed_and_are_scored_on_the_shared_heldout_ro
         "axes": {"dataset": ["gsm8k", "mmlu_cf:Testbed"]},
         "settings": {"s": 4},
         "seeds": 2,
-        "eval": {"tasks": {"gsm8k": ["gsm8k_offline"], "mmlu_cf:Testbed": ["testbed_choice_offline"]}},
+        "eval": {
+            "tasks": {"gsm8k": ["gsm8k_offline"], "mmlu_cf:Testbed": ["testbed_choice_offline"]},
+            "no_prompt": True,
+        },
     }
     config = parse_sweep_config(values)
-    spec = config.eval_config().spec()
+    eval_config = config.eval_config()
     for cell in expand(config):
         seed, dataset = cell.key["seed"], cell.key["dataset"]
         folder = Path(cell.values["data_dir"])
         assert folder.parent.name == f"skills-seed{seed}-4"
         _write_skills(folder.parent, seed, 4)
         cell.config = {"dataset": dataset}
-        scored = _eval_for(config, cell, spec)
+        (scored,) = _evals_for(config, cell, eval_config, bare=False)
         skill = {v: k for k, v in skills.DATASETS.items()}[dataset]
         assert scored["tasks"] == [skills.EVAL_TASKS[skill]]
         train_file, heldout_file = skills.LAYOUT[skill][1:]
@@ -277,14 +301,30 @@ def test_skills_cells_tune_on_their_seed_and_are_scored_on_the_shared_heldout_ro
         assert read_jsonl(heldout) == skills.heldout_rows(skill)
         assert Path(scored["env"]["TSLOSS_GSM8K_DIR"]) == heldout.parent.parent / "gsm8k"
     cell.config = {"model": "m"}  # a no-prompt cell: every task
-    assert sorted(_eval_for(config, cell, spec)["tasks"]) == ["gsm8k_offline", "testbed_choice_offline"]
-    with pytest.raises(SweepError, match="no tasks for dataset"):
+    assert sorted(_evals_for(config, cell, eval_config, bare=True)[0]["tasks"]) == [
+        "gsm8k_offline",
+        "testbed_choice_offline",
+    ]
+    with pytest.raises(SweepError, match="name none for dataset"):
         cell.config = {"dataset": "gsm8k"}
-        _eval_for(
-            parse_sweep_config(values | {"eval": {"tasks": {"mmlu_cf:Testbed": ["x"]}}}),
-            cell,
-            spec | {"tasks": {"mmlu_cf:Testbed": ["x"]}},
-        )
+        other = parse_sweep_config(values | {"eval": {"tasks": {"mmlu_cf:Testbed": ["x"]}}})
+        _evals_for(other, cell, other.eval_config(), bare=False)
+    # ACT's heads are chosen on rows of the training stream, none of them held out
+    act = {
+        "tasks": ["gsm8k_offline", "testbed_choice_offline"],
+        "variants": {"act": {"cells": "no_prompt", "act": {"limit": 5}}},
+    }
+    with_act = parse_sweep_config(values | {"eval": act})
+    cell.config = {"model": "m"}
+    (calibrated,) = _evals_for(with_act, cell, with_act.eval_config(), bare=True)
+    _prepare_variants(with_act, with_act.eval_config(), {"no-prompt": [calibrated]})
+    assert (calibrated["variant"], calibrated["act"]["limit"]) == ("act", 5)
+    for skill, (folder, _, heldout_file) in skills.LAYOUT.items():
+        rows = read_jsonl(Path(calibrated["act"]["env"]["TSLOSS_DATA_DIR"]) / folder / heldout_file)
+        assert len(rows) == 5 and not {r["question"] if "question" in r else r["Question"] for r in rows} & {
+            r["question"] if "question" in r else r["Question"] for r in skills.heldout_rows(skill)
+        }
+    assert Path(calibrated["act"]["env"]["TSLOSS_GSM8K_DIR"]).name == "gsm8k"
     with pytest.raises(SweepError, match="testbed:skills"):
         parse_sweep_config(values | {"model": "some/model"})
     with pytest.raises(SweepError, match="testbed sizes"):
@@ -614,6 +654,10 @@ def scored_sweep(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path_factory):
                 "log_samples": True,
                 "no_prompt": True,
                 "env": {"TSLOSS_GSM8K_DIR": str(gsm8k_dir)},
+                "variants": {  # Table III's inference-time columns
+                    "dpc": {"model_args": {"dpc": True}},
+                    "act": {"cells": "no_prompt", "act": {"limit": 2, "env": {"TSLOSS_GSM8K_DIR": str(gsm8k_dir)}}},
+                },
             },
         },
     )
@@ -643,10 +687,39 @@ def test_eval_stage_equals_lm_eval_by_hand(scored_sweep, tiny_llama_dir, env, tm
     # The board shows the score per cell group, and the no-prompt baseline ran as --model hf.
     groups = json.loads((cell.parent / "groups.json").read_text())
     assert groups[0]["scores"]["gsm8k"] == [100 * want["exact_match,strict-match"]]
-    (base_results,) = (cell.parent / "no-prompt").rglob("results_*.json")
+    (base_results,) = (cell.parent / "no-prompt").glob("*/eval/*/results_*.json")
     base_config = json.loads(base_results.read_text())["config"]
     assert base_config["model"] == "hf" and "prompt" not in str(base_config["model_args"])
     assert "no prompt: " in (cell.parent / "board.md").read_text()
+
+
+@pytest.mark.slow
+def test_variants_score_dpc_on_the_prompt_and_act_on_the_bare_model(scored_sweep, tiny_llama_dir):
+    path, result = scored_sweep
+    out = Path(load_sweep_config(path).output_dir)
+    cell = out / "seed=1"
+    # DPC: the cell's own prompt, scored again by tsprompt with dpc=true; the results record it
+    dpc = read_lm_eval_output(cell / "eval-dpc")
+    assert dpc["results"]["config"]["model"] == "tsprompt"
+    args = dpc["results"]["config"]["model_args"]
+    assert (args["prompt"], args["dpc"], len(dpc["samples"]["gsm8k"])) == (str(cell / "tune" / "prompt"), True, 3)
+    # ACT: heads chosen on the bare model first, then --model hf-act with act=<that file>
+    (bare,) = (out / "no-prompt").iterdir()
+    act_file = bare / "eval-act" / "act.json"
+    calibration = json.loads(act_file.read_text())["calibration"]
+    assert (calibration["model"], calibration["limit"], calibration["tasks"]) == ("hf", 2, "gsm8k_offline")
+    act = read_lm_eval_output(bare / "eval-act")
+    assert (act["results"]["config"]["model"], act["results"]["config"]["model_args"]["act"]) == (
+        "hf-act",
+        str(act_file),
+    )
+    # each is its own board row; DPC is compared with the plain scoring of the same prompt
+    board = (out / "board.md").read_text()
+    assert f"no prompt + act: {tiny_llama_dir}" in board and f"no prompt: {tiny_llama_dir}" in board
+    groups = {json.dumps(g["group"], sort_keys=True) for g in json.loads((out / "groups.json").read_text())}
+    assert groups == {'{"eval": "plain"}', '{"eval": "dpc"}'}
+    (against,) = [d for d in json.loads((out / "differences.json").read_text()) if d["axis"] == "eval"]
+    assert (against["value"], against["baseline"], against["task"], against["seeds"]) == ("dpc", "plain", "gsm8k", 1)
 
 
 @pytest.mark.slow

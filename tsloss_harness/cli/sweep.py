@@ -86,6 +86,6 @@ def _print_result(result: dict) -> None:
     for d in result["differences"]:
         print("  " + format_difference(d))
     if result["failed"]:
-        print("failed cells (logs: <cell>/tune.log, <cell>/eval.log):", file=sys.stderr)
+        print("failed cells (logs: <cell>/tune.log, <cell>/eval*.log):", file=sys.stderr)
         for name, error in result["failed"]:
             print(f"  {name}: {error}", file=sys.stderr)

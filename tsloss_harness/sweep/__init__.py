@@ -29,6 +29,9 @@ The config (YAML)::
       model_args: {dtype: float32}
       env: {TSLOSS_GSM8K_DIR: /data/gsm8k}
       no_prompt: true           # also each model without a prompt (--model hf), the no-prompt baseline
+      variants:                 # further scorings, each in <cell>/eval-<name>/ and its own board rows
+        dpc: {cells: {regularizer: none}, tasks: [gsm8k_offline], model_args: {dpc: true}}
+        act: {cells: no_prompt, act: {limit: 32}}   # ACT's heads chosen first (tsloss act-calibrate)
 
 Cell directories show their axis values (``<output_dir>/setting=single/regularizer=tsloss/
 lambda_ts=0.5/seed=3``; see sweep.grid for what they hold). A cell whose ``tune/summary.json`` holds
@@ -37,7 +40,8 @@ config saves them, ``save_every``) or starts again; a finished cell whose config
 reported as failed and left as it is (``--rerun-changed`` deletes and redoes it). At the end the sweep
 writes ``board.md`` (per cell group: iterations to convergence and lm-eval scores, mean ± 95% CI over
 seeds; the paper's tables when the grid varies only what they show; the lm-eval scores against the
-baseline, paired by seed), ``ratios.json``, ``differences.json`` and ``groups.json``, prints the
+baseline, paired by seed; each variant against the plain scoring of the same cells, ``eval=plain``),
+``ratios.json``, ``differences.json`` and ``groups.json``, prints the
 ratios, the score differences and the failures, and exits non-zero if any cell failed.
 """
 
@@ -68,27 +72,31 @@ def run_sweep(
 
     cells = grid.expand(config)
     eval_config = config.eval_config()
-    eval_spec = eval_config.spec() if eval_config else None
     grid.prepare(cells)
     states = {c.name: grid.tune_state(c) for c in cells}
-    evals = {c.name: _eval_for(config, c, eval_spec) for c in cells}
+    no_prompt = (
+        _no_prompt_cells(config, cells) if eval_config and (eval_config.no_prompt or _scores_bare(eval_config)) else []
+    )
+    evals = {c.name: _evals_for(config, c, eval_config, bare=False) for c in cells}
+    evals |= {c.name: _evals_for(config, c, eval_config, bare=True) for c in no_prompt}
+    _prepare_variants(config, eval_config, evals)
     changed = {name: diff for name, (state, diff) in states.items() if state == "changed"}
     if rerun_changed:
         for c in cells:
             if c.name in changed:
-                for folder in (c.run_dir, c.dir / "eval"):
+                for folder in [c.run_dir, *(c.dir / grid.eval_dir_name(e) for e in evals[c.name])]:
                     shutil.rmtree(folder, ignore_errors=True)
         changed = {}
     todo = [
         c
         for c in cells
         if c.name not in changed
-        and (states[c.name][0] != "done" or (evals[c.name] is not None and not grid.eval_done(c, evals[c.name])))
+        and (states[c.name][0] != "done" or not all(grid.eval_done(c, e) for e in evals[c.name]))
     ]
     specs = [_cell_spec(c, c.config, evals[c.name]) for c in todo]
-    no_prompt = _no_prompt_cells(config, cells) if eval_config and eval_config.no_prompt else []
-    evals |= {c.name: _eval_for(config, c, eval_spec) for c in no_prompt}
-    specs += [_cell_spec(c, None, evals[c.name]) for c in no_prompt if not grid.eval_done(c, evals[c.name])]
+    specs += [
+        _cell_spec(c, None, evals[c.name]) for c in no_prompt if not all(grid.eval_done(c, e) for e in evals[c.name])
+    ]
 
     records: dict[str, dict] = {}
     if specs:
@@ -97,15 +105,50 @@ def run_sweep(
             records = engine.run_cells(specs, config.retries, progress=progress, parallel=parallel)
         finally:
             stop()
-    return _report(config, cells, no_prompt, eval_spec is not None, records, changed, len(todo))
+    return _report(config, cells, no_prompt, evals, records, changed, len(todo))
 
 
-def _eval_for(config: SweepConfig, cell, eval_spec: dict | None) -> dict | None:
-    """The eval spec of one cell: its dataset's tasks when ``eval.tasks`` maps datasets to tasks (a
-    no-prompt cell: all of them); with ``data_dir: skills``, the offline tasks read the held-out rows."""
-    if eval_spec is None:
-        return None
-    spec = dict(eval_spec)
+def _prepare_variants(config: SweepConfig, eval_config, evals: dict[str, list[dict]]) -> None:
+    """Refuse a variant that selects no cell (a typo in ``cells``); write ACT's calibration rows."""
+    from tsloss_harness.sweep import grid
+
+    specs = [e for found in evals.values() for e in found if "variant" in e]
+    for name, variant in (eval_config.variants if eval_config else {}).items():
+        if not any(e["variant"] == name for e in specs):
+            raise SweepError(f"eval.variants.{name}: cells {variant.cells} selects no cell of the grid")
+    acts = [e["act"] for e in specs if e["act"] is not None]
+    if acts and config.data_dir == "skills":
+        grid.write_skills_calibration(Path(config.output_dir).expanduser().resolve(), max(a["limit"] for a in acts))
+
+
+def _scores_bare(eval_config) -> bool:
+    return any(v.cells == "no_prompt" for v in eval_config.variants.values())
+
+
+def _evals_for(config: SweepConfig, cell, eval_config, bare: bool) -> list[dict]:
+    """The scorings of one cell, each an eval spec (a variant's names it, ``variant``): its dataset's
+    tasks when ``eval.tasks`` maps datasets to tasks (a no-prompt cell: all of them); with
+    ``data_dir: skills``, the offline tasks read the held-out rows and ACT calibrates on other rows."""
+    if eval_config is None:
+        return []
+    base = eval_config.spec()
+    plain = [] if bare and not eval_config.no_prompt else [base]
+    variants = [
+        {
+            **base,
+            "variant": name,
+            "tasks": v.tasks or base["tasks"],
+            "model_args": {**base["model_args"], **v.model_args},
+        }
+        | {"act": None if v.act is None else {"limit": 32, **v.act}}
+        for name, v in eval_config.variants.items()
+        if v.selects(None if bare else cell.key)
+    ]
+    return [_resolve_eval(config, cell, spec) for spec in plain + variants]
+
+
+def _resolve_eval(config: SweepConfig, cell, spec: dict) -> dict:
+    spec = dict(spec)
     if isinstance(spec["tasks"], dict):
         dataset = cell.config.get("dataset")
         if dataset is None:
@@ -113,24 +156,31 @@ def _eval_for(config: SweepConfig, cell, eval_spec: dict | None) -> dict | None:
         elif dataset in spec["tasks"]:
             spec["tasks"] = spec["tasks"][dataset]
         else:
-            raise SweepError(f"cell {cell.name}: eval.tasks names no tasks for dataset {dataset!r}")
+            raise SweepError(
+                f"cell {cell.name}: eval tasks ({spec.get('variant', 'plain')}) name none for dataset {dataset!r}"
+            )
     if config.data_dir == "skills":
-        from tsloss_harness.sweep.grid import skills_heldout_dir
+        from tsloss_harness.sweep.grid import skills_calibration_dir, skills_heldout_dir
 
-        heldout = skills_heldout_dir(Path(config.output_dir).expanduser().resolve())
+        out = Path(config.output_dir).expanduser().resolve()
+        heldout = skills_heldout_dir(out)
         spec["env"] = {"TSLOSS_GSM8K_DIR": str(heldout / "gsm8k"), "TSLOSS_DATA_DIR": str(heldout), **spec["env"]}
+        if spec.get("act") is not None:
+            rows = skills_calibration_dir(out)
+            env = {"TSLOSS_GSM8K_DIR": str(rows / "gsm8k"), "TSLOSS_DATA_DIR": str(rows), **spec["act"].get("env", {})}
+            spec["act"] = {**spec["act"], "env": env}
     return spec
 
 
-def _cell_spec(cell, config: dict | None, eval_spec: dict | None) -> dict:
+def _cell_spec(cell, config: dict | None, evals: list[dict]) -> dict:
     """What the Ray task gets: plain values only."""
     from tsloss_harness.processes import format_model_args
 
     r = cell.resources
     model = cell.model
-    if eval_spec is not None:
+    for spec in evals:
         try:
-            format_model_args({"pretrained": model, "prompt": cell.dir / "tune" / "prompt", **eval_spec["model_args"]})
+            format_model_args({"pretrained": model, "prompt": cell.dir / "tune" / "prompt", **spec["model_args"]})
         except ValueError as e:
             raise SweepError(f"cell {cell.name}: {e}") from None
     return {
@@ -139,7 +189,7 @@ def _cell_spec(cell, config: dict | None, eval_spec: dict | None) -> dict:
         "dir": str(cell.dir),
         "config": config,
         "model": model,
-        "eval": eval_spec,
+        "evals": evals,
         "num_cpus": r.num_cpus,
         "num_gpus": r.num_gpus,
         "ranks": r.ranks,
@@ -160,19 +210,39 @@ def _no_prompt_cells(config: SweepConfig, cells: list) -> list:
 
 
 def _report(
-    config: SweepConfig, cells: list, no_prompt: list, scored: bool, records: dict, changed: dict, ran: int
+    config: SweepConfig, cells: list, no_prompt: list, evals: dict, records: dict, changed: dict, ran: int
 ) -> dict:
     from tsloss_harness.sweep import results
+    from tsloss_harness.sweep.grid import eval_dir_name
 
     out = Path(config.output_dir).expanduser().resolve()
-    finished = [
-        results.read_cell(c.key, c.run_dir, c.dir / "eval" if scored else None) for c in cells if c.name not in changed
-    ]
-    bases = [results.read_cell(c.key, c.run_dir, c.dir / "eval") for c in no_prompt]
+    kept = [c for c in cells if c.name not in changed]
+    finished = [results.read_cell(c.key, c.run_dir, c.dir / "eval" if evals[c.name] else None) for c in kept]
+    bases = [results.read_cell(c.key, c.run_dir, c.dir / "eval") for c in no_prompt if config.eval_config().no_prompt]
     ratios = results.convergence_ratios(finished, config.baseline)
+    # each variant's scores as cells of their own, told apart by an "eval" key (the plain ones: "plain")
+    variants = [
+        results.read_cell(c.key | {"eval": e["variant"]}, c.run_dir, c.dir / eval_dir_name(e))
+        for c in kept
+        for e in evals[c.name]
+        if "variant" in e
+    ]
+    bases += [
+        results.read_cell(c.key | {"eval": e["variant"]}, c.run_dir, c.dir / eval_dir_name(e))
+        for c in no_prompt
+        for e in evals[c.name]
+        if "variant" in e
+    ]
+    baseline = config.baseline
+    if variants:
+        finished = [results.CellResult(c, key=c["key"] | {"eval": "plain"}) for c in finished]
+        baseline = {**baseline, "eval": "plain"}
     varying = {k for k in (cells[0].key if cells else {}) if k != "seed" and len({repr(c.key[k]) for c in cells}) > 1}
-    differences = results.score_differences(finished, config.baseline) + results.over_no_prompt(finished, bases)
-    board_text, groups = results.render_board(finished, bases, varying, differences)
+    plain_bases = [b for b in bases if "eval" not in b["key"]]
+    differences = results.score_differences(finished + variants, baseline) + results.over_no_prompt(
+        finished + variants, plain_bases
+    )
+    board_text, groups = results.render_board(finished + variants, bases, varying, differences)
     board = out / config.leaderboard
     board.parent.mkdir(parents=True, exist_ok=True)
     board.write_text(board_text)

@@ -12,7 +12,16 @@ from typing import Any
 
 from tsloss_harness.errors import TslossError
 
-__all__ = ["EvalConfig", "Resources", "Setting", "SweepConfig", "SweepError", "load_sweep_config", "parse_sweep_config"]
+__all__ = [
+    "EvalConfig",
+    "EvalVariant",
+    "Resources",
+    "Setting",
+    "SweepConfig",
+    "SweepError",
+    "load_sweep_config",
+    "parse_sweep_config",
+]
 
 # TuneConfig fields the sweep itself sets for every cell: never an axis or a tune value.
 RESERVED = {"seed": "use seeds:", "output_dir": "each cell has its own directory", "resume": "the sweep resumes cells"}
@@ -57,10 +66,31 @@ class EvalConfig:
     env: dict[str, str] = field(default_factory=dict)  # e.g. TSLOSS_DATA_DIR, TSLOSS_GSM8K_DIR for offline tasks
     log_samples: bool = False
     no_prompt: bool = False  # also score each model without a prompt (--model hf): the no-prompt baseline
+    variants: dict[str, EvalVariant] = field(default_factory=dict)  # name -> further scorings (ACT, DPC)
 
     def spec(self) -> dict:
-        """What a cell's scores depend on (a change re-scores the cell)."""
-        return dataclasses.asdict(self)
+        """What a cell's plain scores depend on (a change re-scores the cell)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "variants"}
+
+
+@dataclass
+class EvalVariant:
+    """A further scoring of the cells it selects, with model args of its own, written to the cell's
+    ``eval-<name>/`` and shown as its own rows (Table III's inference-time columns: ``dpc: true`` on
+    tuned prompts, ACT on the model without a prompt)."""
+
+    cells: str | dict[str, Any] = field(default_factory=dict)  # {axis: value} of prompt cells, or "no_prompt"
+    tasks: list[str] | dict[str, list[str]] | None = None  # default: eval.tasks
+    model_args: dict[str, Any] = field(default_factory=dict)
+    # ACT: heads chosen per scored cell first (``tsloss act-calibrate``: limit, beta, threshold, min_gain, env),
+    # on rows outside the held-out set, then scored with act=<its file>
+    act: dict[str, Any] | None = None
+
+    def selects(self, key: dict | None) -> bool:
+        """Whether a cell with axis values ``key`` is scored (None: a no-prompt cell)."""
+        if key is None or self.cells == "no_prompt":
+            return key is None and self.cells == "no_prompt"
+        return all(k in key and key[k] == v for k, v in self.cells.items())
 
 
 @dataclass
@@ -295,7 +325,37 @@ def _eval_config(values: Any) -> EvalConfig:
     limit = values.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
         raise SweepError(f"eval.limit must be a number > 0, not {limit!r}")
+    variants = values.get("variants") or {}
+    if not isinstance(variants, dict):
+        raise SweepError("eval.variants: give a mapping of name -> {cells, tasks, model_args, act}")
+    values["variants"] = {str(name): _variant(str(name), v) for name, v in variants.items()}
     return EvalConfig(**values)
+
+
+ACT_CALIBRATION_KEYS = {"limit", "beta", "threshold", "min_gain", "env"}
+
+
+def _variant(name: str, values: Any) -> EvalVariant:
+    where = f"eval.variants.{name}"
+    if name in ("", "plain") or not name.replace("_", "").replace("-", "").isalnum():
+        raise SweepError(f"{where}: a variant name is letters, digits, - and _ (and not 'plain')")
+    if not isinstance(values, dict) or set(values) - {f.name for f in dataclasses.fields(EvalVariant)}:
+        raise SweepError(f"{where}: give a mapping with keys among cells, tasks, model_args, act")
+    cells = values.get("cells", {})
+    if cells != "no_prompt" and not isinstance(cells, dict):
+        raise SweepError(f"{where}.cells: no_prompt, or a mapping of axis -> value")
+    tasks = values.get("tasks")
+    if isinstance(tasks, dict):
+        tasks = {str(d): _task_list(names, f"{where}.tasks.{d}") for d, names in tasks.items()}
+    elif tasks is not None:
+        tasks = _task_list(tasks, f"{where}.tasks")
+    model_args = values.get("model_args") or {}
+    if not isinstance(model_args, dict) or {"pretrained", "prompt", "peft", "act"} & set(model_args):
+        raise SweepError(f"{where}.model_args: a mapping of extra model args (act= comes from act:)")
+    act = values.get("act")
+    if act is not None and (not isinstance(act, dict) or set(act) - ACT_CALIBRATION_KEYS):
+        raise SweepError(f"{where}.act: a mapping with keys among {', '.join(sorted(ACT_CALIBRATION_KEYS))}")
+    return EvalVariant(cells, tasks, dict(model_args), None if act is None else dict(act))
 
 
 def _task_list(tasks: Any, where: str) -> list[str]:

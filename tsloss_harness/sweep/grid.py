@@ -162,6 +162,17 @@ def skills_heldout_dir(out: Path) -> Path:
     return out / "data" / "skills-heldout"
 
 
+def skills_calibration_dir(out: Path) -> Path:
+    """Rows of ``data_dir: skills`` that ACT chooses its heads on: never held out, in the held-out layout."""
+    return out / "data" / "skills-calibration"
+
+
+def write_skills_calibration(out: Path, num_rows: int) -> None:
+    from tsloss_harness.testbed.skills import write_calibration_data
+
+    write_calibration_data(skills_calibration_dir(out), num_rows)
+
+
 def _skills_dir(out: Path, dataset: str, seed: int, num_samples: int | None) -> Path:
     from tsloss_harness.testbed.skills import DATASETS, LAYOUT
 
@@ -286,9 +297,14 @@ def config_diff(stored: dict, resolved: dict, tune_config_class: type) -> str | 
     return None
 
 
+def eval_dir_name(spec: dict) -> str:
+    """``eval``, or ``eval-<variant>`` for a variant's scoring."""
+    return f"eval-{spec['variant']}" if "variant" in spec else "eval"
+
+
 def eval_done(cell: Cell, spec: dict) -> bool:
     """The cell's prompt was scored with exactly this eval spec."""
     try:
-        return json.loads((cell.dir / "eval" / "eval.json").read_text()).get("spec") == spec
+        return json.loads((cell.dir / eval_dir_name(spec) / "eval.json").read_text()).get("spec") == spec
     except (OSError, json.JSONDecodeError, AttributeError):
         return False

@@ -229,7 +229,8 @@ def group_rows(cells: list[CellResult], no_prompt: list[CellResult]) -> tuple[li
             }
         )
     for base in no_prompt:  # the model without a prompt (--model hf): one row per model
-        label = f"no prompt: {base['key'].get('model')}"
+        variant = f" + {base['key']['eval']}" if "eval" in base["key"] else ""
+        label = f"no prompt{variant}: {base['key'].get('model')}"
         head = [label] + [""] * (len(axes) - 1) + [""] if axes else [label]
         rows.append(head + ["—"] + [_mean_ci([base["scores"][t]] if t in base["scores"] else []) for t in tasks])
     return columns, rows, records
@@ -320,7 +321,7 @@ def render_board(
         text += f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n"
     if differences:
         text += _differences_markdown(differences)
-    table2 = topology_against_scores(cells)
+    table2 = topology_against_scores([c for c in cells if c["key"].get("eval", "plain") == "plain"])
     if table2:
         text += _table2_markdown(table2)
     return text, records

@@ -58,8 +58,10 @@ def run_cell(spec: dict) -> dict:
     try:
         if spec["config"] is not None and not _tune_finished(spec):
             outcome.update(_tune(spec, marker))
-        if outcome["ok"] and spec["eval"] is not None:
-            outcome.update(_eval(spec, marker))
+        for e in spec["evals"]:
+            if not outcome["ok"]:
+                break
+            outcome.update(_eval(spec, e, marker))
     finally:
         marker.clear()
         outcome["wall_s"] = round(time.time() - started, 3)
@@ -121,7 +123,7 @@ def _tune(spec: dict, marker: _Marker) -> dict:
     run_dir = cell_dir / "tune"
     tag = _resumable(run_dir, spec["config"])
     if tag is None:  # an earlier attempt's partial run (or none): start from nothing, scores with it
-        for stale in (run_dir, cell_dir / "eval"):
+        for stale in [run_dir, *(p for p in cell_dir.glob("eval*") if p.is_dir())]:
             shutil.rmtree(stale, ignore_errors=True)
     config_yaml = cell_dir / "tune.yaml"
     config_yaml.write_text(yaml.safe_dump(spec["config"], sort_keys=False))
@@ -164,27 +166,40 @@ def _free_port() -> int:
 # ------------------------------------------------------------------------------------------- eval
 
 
-def _eval(spec: dict, marker: _Marker) -> dict:
+def _eval(spec: dict, e: dict, marker: _Marker) -> dict:
     """lm-eval on the cell's prompt (``--model tsprompt``), or on the bare model (``--model hf``) for
-    the no-prompt baseline; eval/eval.json records what was scored once it succeeded."""
+    the no-prompt baseline; a variant with ``act`` calibrates ACT's heads first (``--model hf-act``
+    without a prompt). ``<eval dir>/eval.json`` records what was scored once it succeeded."""
     from tsloss_harness.resources import tasks_dir
+    from tsloss_harness.sweep.grid import eval_dir_name
 
-    cell_dir, e = Path(spec["dir"]), spec["eval"]
-    eval_dir = cell_dir / "eval"
+    cell_dir = Path(spec["dir"])
+    eval_dir = cell_dir / eval_dir_name(e)
     try:
         if json.loads((eval_dir / "eval.json").read_text()).get("spec") == e:
             return {}
     except (OSError, json.JSONDecodeError, AttributeError):
         pass
     shutil.rmtree(eval_dir, ignore_errors=True)  # a partial or differently configured scoring
+    eval_dir.mkdir(parents=True)
     with_prompt = spec["config"] is not None
     model_args = {
         "pretrained": spec["model"],
         **({"prompt": str(cell_dir / "tune" / "prompt")} if with_prompt else {}),
         **e["model_args"],
     }
+    log = cell_dir / f"{eval_dir.name}.log"
+    header = f"attempt {spec['attempt']} on {socket.gethostname()}"
+    if e.get("act") is not None:
+        cmd = act_calibrate_command("tsprompt" if with_prompt else "hf", model_args, e, eval_dir / "act.json")
+        env = processes.child_env(spec["threads"], e["act"].get("env"))
+        rc, error = _run_child(cmd, log, header + ": ACT calibration", env, cell_dir, marker, "calibrate")
+        if rc != 0:
+            return {"ok": False, "stage": "calibrate", "rc": rc, "retryable": rc != BAD_INPUT, "error": error}
+        model_args["act"] = str(eval_dir / "act.json")
+    model = "tsprompt" if with_prompt else ("hf-act" if "act" in model_args else "hf")
     cmd = processes.lm_eval_command(
-        "tsprompt" if with_prompt else "hf",
+        model,
         model_args,
         e["tasks"],
         eval_dir,
@@ -197,15 +212,7 @@ def _eval(spec: dict, marker: _Marker) -> dict:
         log_samples=e["log_samples"],
     )
     env = processes.child_env(spec["threads"], e["env"])
-    rc, error = _run_child(
-        cmd,
-        cell_dir / "eval.log",
-        f"attempt {spec['attempt']} on {socket.gethostname()}",
-        env,
-        cell_dir,
-        marker,
-        "eval",
-    )
+    rc, error = _run_child(cmd, log, header, env, cell_dir, marker, "eval")
     results = sorted(str(p) for p in eval_dir.rglob("results_*.json"))
     if rc != 0 or not results:
         return {
@@ -219,6 +226,20 @@ def _eval(spec: dict, marker: _Marker) -> dict:
         eval_dir / "eval.json", json.dumps({"spec": e, "results": results, "command": shlex.join(cmd)}, indent=2)
     )
     return {}
+
+
+def act_calibrate_command(model: str, model_args: dict, e: dict, output: Path) -> list[str]:
+    """``tsloss act-calibrate`` on the variant's tasks (their examples from ``act.env``'s rows)."""
+    from tsloss_harness.resources import tasks_dir
+
+    act = e["act"]
+    cmd = [sys.executable, "-m", "tsloss_harness.cli", "act-calibrate", "--model", model]
+    cmd += ["--model_args", processes.format_model_args(model_args), "--tasks", ",".join(e["tasks"])]
+    cmd += ["--include_path", str(e["include_path"] or tasks_dir()), "--limit", str(act["limit"]), "-o", str(output)]
+    for name in ("beta", "threshold", "min_gain"):
+        if name in act:
+            cmd += [f"--{name}", str(act[name])]
+    return cmd + (["--device", e["device"]] if e["device"] else [])
 
 
 # -------------------------------------------------------------------------------------- processes

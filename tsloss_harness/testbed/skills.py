@@ -86,7 +86,7 @@ def heldout_rows(skill: str, n: int = HELDOUT_ROWS) -> list[dict]:
     return generate_skill_rows(skill, n, seed="heldout")
 
 
-def train_rows(skill: str, n: int, seed: int) -> list[dict]:
+def train_rows(skill: str, n: int, seed: int | str) -> list[dict]:
     """A seed's training rows: its own stream, minus any question of the held-out set."""
     held = {_question(r) for r in heldout_rows(skill)}
     rows = [r for r in generate_skill_rows(skill, n + 64, seed=f"train-{seed}") if _question(r) not in held]
@@ -120,3 +120,15 @@ def write_skill_data(root, n_train: int | None, seed: int = 0, n_heldout: int = 
             write_jsonl(train_rows(skill, n_train, seed), Path(root) / folder / train_file)
         write_jsonl(heldout_rows(skill, n_heldout), Path(root) / folder / heldout_file)
     return folders
+
+
+def write_calibration_data(root, n: int) -> None:
+    """``n`` rows per skill for choosing ACT's heads (``tsloss act-calibrate``): drawn as training rows
+    (their own stream, never a held-out question) and written where the offline tasks read the scored
+    split, so the calibration runs the eval tasks themselves."""
+    from pathlib import Path
+
+    from tsloss_harness.data import write_jsonl
+
+    for skill, (folder, _, heldout_file) in LAYOUT.items():
+        write_jsonl(train_rows(skill, n, seed="calibration"), Path(root) / folder / heldout_file)
