@@ -71,3 +71,24 @@ def test_written_files_are_what_the_tuner_reads(tmp_path):
     assert lookup[0].prompt.startswith("Question: ") and lookup[0].prompt.endswith("\nAnswer:")
     heldout = load_examples(skills.DATASETS["choice"], folders["choice"], split="test")
     assert len(heldout) == 30 and template_for("mmlu_cf")["answer_type"] == "letter"
+
+
+def test_the_heldout_root_is_what_the_offline_tasks_load(tmp_path, monkeypatch):
+    import importlib.util
+
+    from tsloss_harness.resources import tasks_dir
+
+    spec = importlib.util.spec_from_file_location("offline_data", tasks_dir() / "offline" / "offline_data.py")
+    offline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offline)
+    skills.write_skill_data(tmp_path, None, n_heldout=30)
+    monkeypatch.setenv("TSLOSS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("TSLOSS_GSM8K_DIR", raising=False)
+    lookup, choice = offline.gsm8k(), offline.mmlu_cf(subject=skills.CHOICE_SUBJECT)
+    # lm-eval 0.4.13 builds each task with its few-shot split, even 0-shot: the root holds one
+    assert (len(lookup["test"]), len(lookup["train"])) == (30, skills.FEWSHOT_ROWS)
+    assert len(choice[f"{skills.CHOICE_SUBJECT}_dev"]) == skills.FEWSHOT_ROWS
+    assert not set(lookup["train"]["question"]) & set(lookup["test"]["question"])
+    (tmp_path / "gsm8k" / "train.jsonl").unlink()
+    with pytest.raises(offline.OfflineDataError, match="train.jsonl"):
+        offline.gsm8k()

@@ -228,7 +228,7 @@ def _write_skills(root: Path, seed: int, num_rows: int) -> None:
     if not all((root / folder / train).is_file() for folder, train, _ in LAYOUT.values()):
         write_skill_data(root, num_rows, seed=seed)
     heldout = skills_heldout_dir(root.parent.parent)
-    if not all((heldout / folder / test).is_file() for folder, _, test in LAYOUT.values()):
+    if not all((heldout / folder / f).is_file() for folder, train, test in LAYOUT.values() for f in (train, test)):
         write_skill_data(heldout, None)
 
 

@@ -103,12 +103,15 @@ LAYOUT = {
     "choice": ("mmlu_cf", f"{CHOICE_SUBJECT}_dev.jsonl", f"{CHOICE_SUBJECT}_val.jsonl"),
 }
 DATASETS = {"lookup": "gsm8k", "choice": f"mmlu_cf:{CHOICE_SUBJECT}"}
+FEWSHOT_ROWS = 8  # the held-out root's few-shot pool
 EVAL_TASKS = {"lookup": "gsm8k_offline", "choice": "testbed_choice_offline"}
 
 
 def write_skill_data(root, n_train: int | None, seed: int = 0, n_heldout: int = HELDOUT_ROWS) -> dict[str, str]:
-    """Both skills under ``root`` (the layout above): a seed's ``n_train`` training rows (None: none)
-    and the held-out rows. Returns {skill: its folder}."""
+    """Both skills under ``root`` (the layout above): a seed's ``n_train`` training rows and the
+    held-out rows. With ``n_train`` None (the held-out root the evals read) the training file holds a
+    few-shot pool of ``FEWSHOT_ROWS`` training-stream rows instead: lm-eval loads it even 0-shot.
+    Returns {skill: its folder}."""
     from pathlib import Path
 
     from tsloss_harness.data import write_jsonl
@@ -116,8 +119,8 @@ def write_skill_data(root, n_train: int | None, seed: int = 0, n_heldout: int = 
     folders = {}
     for skill, (folder, train_file, heldout_file) in LAYOUT.items():
         folders[skill] = str(Path(root) / folder)
-        if n_train is not None:
-            write_jsonl(train_rows(skill, n_train, seed), Path(root) / folder / train_file)
+        train = train_rows(skill, n_train, seed) if n_train is not None else train_rows(skill, FEWSHOT_ROWS, "fewshot")
+        write_jsonl(train, Path(root) / folder / train_file)
         write_jsonl(heldout_rows(skill, n_heldout), Path(root) / folder / heldout_file)
     return folders
 
@@ -125,10 +128,11 @@ def write_skill_data(root, n_train: int | None, seed: int = 0, n_heldout: int = 
 def write_calibration_data(root, n: int) -> None:
     """``n`` rows per skill for choosing ACT's heads (``tsloss act-calibrate``): drawn as training rows
     (their own stream, never a held-out question) and written where the offline tasks read the scored
-    split, so the calibration runs the eval tasks themselves."""
+    split (beside the few-shot pool), so the calibration runs the eval tasks themselves."""
     from pathlib import Path
 
     from tsloss_harness.data import write_jsonl
 
-    for skill, (folder, _, heldout_file) in LAYOUT.items():
+    for skill, (folder, train_file, heldout_file) in LAYOUT.items():
+        write_jsonl(train_rows(skill, FEWSHOT_ROWS, "fewshot"), Path(root) / folder / train_file)
         write_jsonl(train_rows(skill, n, seed="calibration"), Path(root) / folder / heldout_file)

@@ -25,21 +25,22 @@ class OfflineDataError(FileNotFoundError):
 
 
 def gsm8k(**_task_kwargs):
-    """GSM8K ``train`` (few-shot pool, optional) and ``test`` splits."""
+    """GSM8K ``train`` (the few-shot pool) and ``test`` splits. lm-eval 0.4.13 loads the few-shot
+    split when it builds the task, so it must exist even for 0-shot runs."""
     folder = _family_dir("gsm8k", override_env=GSM8K_DIR_ENV)
-    files = {"test": _existing(folder / "test.jsonl")}
-    if (folder / "train.jsonl").is_file():  # only needed for few-shot; 0-shot runs work without it
-        files["train"] = str(folder / "train.jsonl")
-    return _load_json(files)
+    return _load_json({"test": _existing(folder / "test.jsonl"), "train": _existing(folder / "train.jsonl")})
 
 
 def mmlu_cf(subject: str, **_task_kwargs):
-    """One MMLU-CF subject: splits ``<Subject>_dev`` (few-shot) and ``<Subject>_val`` (scored)."""
+    """One MMLU-CF subject: splits ``<Subject>_dev`` (the few-shot pool, needed as GSM8K's ``train``)
+    and ``<Subject>_val`` (scored)."""
     folder = _family_dir("mmlu_cf")
-    files = {f"{subject}_val": _existing(folder / f"{subject}_val.jsonl")}
-    if (folder / f"{subject}_dev.jsonl").is_file():
-        files[f"{subject}_dev"] = str(folder / f"{subject}_dev.jsonl")
-    return _load_json(files)
+    return _load_json(
+        {
+            f"{subject}_val": _existing(folder / f"{subject}_val.jsonl"),
+            f"{subject}_dev": _existing(folder / f"{subject}_dev.jsonl"),
+        }
+    )
 
 
 def longbench(subset: str, **_task_kwargs):
@@ -63,7 +64,7 @@ def _family_dir(family: str, override_env: str | None = None) -> Path:
 
 def _existing(path: Path) -> str:
     if not path.is_file():
-        raise OfflineDataError(f"offline data file not found: {path}")
+        raise OfflineDataError(f"offline data file not found: {path} (lm-eval loads the few-shot split even 0-shot)")
     return str(path)
 
 
