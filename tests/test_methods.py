@@ -26,7 +26,6 @@ from helpers import (
 from tsloss_harness.data import load_examples
 from tsloss_harness.losses import ts_loss
 from tsloss_harness.prompt import PROMPT_METHODS, load_peft_config, load_prompt, load_provenance, make_method_config
-from tsloss_harness.prompt import PROMPT_METHODS as METHODS
 from tsloss_harness.regularizers import get_regularizer
 from tsloss_harness.testbed import tiny
 from tsloss_harness.tune import TuneConfig, run
@@ -103,7 +102,6 @@ def _lines(path: Path) -> list[dict]:
 def test_methods_and_the_regularized_matrix(tiny_llama_dir):
     from transformers import AutoConfig
 
-    assert METHODS == PROMPT_METHODS
     c = AutoConfig.from_pretrained(tiny_llama_dir)
     d_kv = c.num_key_value_heads * c.head_dim
     assert d_kv < c.hidden_size  # grouped-query attention: the prefix is as wide as the keys/values, not d

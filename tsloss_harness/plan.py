@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tsloss_harness.errors import TslossError
+from tsloss_harness.prompt import PROMPT_METHODS
 from tsloss_harness.shapes import ARCHITECTURES
 
 __all__ = [
@@ -232,7 +233,6 @@ def activation_bytes(
             "peak": saved + logits_saved + transient}  # fmt: skip
 
 
-METHODS = ("prompt", "prefix", "ptuning_v2")  # the tuner's --method (tune.config.METHODS)
 ADAM_STATE_BYTES = 16  # per trainable value, partitioned over ranks: fp32 master 4 + Adam m, v 8 + fp32 gradient 4
 
 
@@ -242,8 +242,8 @@ def trainable_values(
     """Values the tuner trains: ``prompt`` P·h; ``ptuning_v2`` the prefix P·L·2·d_kv; ``prefix`` P·d_kv
     plus PEFT's MLP d_kv -> e -> L·2·d_kv with biases (e = ``prefix_hidden_size``, default d_kv): at
     full depth the MLP's output layer dominates (Qwen1.5-14B: 5120 x 409,600 = 2.1 B values)."""
-    if method not in METHODS:
-        raise PlanError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
+    if method not in PROMPT_METHODS:
+        raise PlanError(f"unknown method {method!r} (choose {', '.join(PROMPT_METHODS)})")
     p, d_kv = num_virtual_tokens, shape.num_kv_heads * shape.head_dim
     if method == "prompt":
         return p * shape.hidden_size

@@ -18,12 +18,12 @@ def plan(argv: list[str]) -> int:
     from tsloss_harness.plan import (
         DTYPE_BYTES,
         KNOWN_MODELS,
-        METHODS,
         PlanError,
         estimate,
         load_ds_config,
         resolve_model,
     )
+    from tsloss_harness.prompt import PROMPT_METHODS
     from tsloss_harness.resources import resource_dir
 
     parser = argparse.ArgumentParser(prog="tsloss plan", description=planning.__doc__.split("\n\n")[0])
@@ -44,7 +44,9 @@ def plan(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="global batch, as the tuner's (default 8)")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="rows per GPU (default batch/gpus)")
     parser.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt length P (default 20)")
-    parser.add_argument("--method", choices=METHODS, default="prompt", help="the tuner's --method (default prompt)")
+    parser.add_argument(
+        "--method", choices=PROMPT_METHODS, default="prompt", help="the tuner's --method (default prompt)"
+    )
     parser.add_argument(
         "--prefix-hidden-size", type=int, default=None, help="--method prefix: MLP width (default d_kv)"
     )
