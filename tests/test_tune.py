@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, fresh_env, tune_fails
+from helpers import REPO, fresh_env, tune_argv, tune_fails
 
 from tsloss_harness.data import load_examples, write_jsonl
 from tsloss_harness.prompt import load_prompt, load_provenance
@@ -353,14 +353,10 @@ def test_sigkill_and_resume_is_bit_identical(tiny_llama_dir, gsm8k_dir, tmp_path
     args = dict(num_samples=6, batch_size=2, max_steps=12, lr=0.01, warmup_ratio=0.1)
     killed = tmp_path / "killed"
     # Checkpoints every 2 steps, killed after step 5: metrics.jsonl runs ahead of the step-4 checkpoint.
-    argv = [
-        f"--{k}={v}"
-        for k, v in _config(tiny_llama_dir, gsm8k_dir, killed, save_every=2, **args).__dict__.items()
-        if v is not None and not isinstance(v, bool)
-    ]
+    argv = tune_argv(_config(tiny_llama_dir, gsm8k_dir, killed, save_every=2, **args))
     (tmp_path / "killed_tuner.py").write_text(KILLED_TUNER)
     proc = subprocess.run(
-        [sys.executable, str(tmp_path / "killed_tuner.py"), *argv, "--no-progress"],
+        [sys.executable, str(tmp_path / "killed_tuner.py"), *argv],
         env={**fresh_env(), "KILL_AT_STEP": "5"},
         capture_output=True,
         text=True,
