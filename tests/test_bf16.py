@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from helpers import REPO, two_ranks
 
 from tsloss_harness.data import load_examples
+from tsloss_harness.ds_config import fill_ds_config
 from tsloss_harness.prompt import PROMPT_METHODS as METHODS
 from tsloss_harness.prompt import load_prompt
 from tsloss_harness.regularizers import get_regularizer
 from tsloss_harness.tune import TuneConfig, run
 from tsloss_harness.tune.batches import collate, tokenize
-from tsloss_harness.tune.config import fill_ds_config
 from tsloss_harness.tune.objective import LinearCrossEntropy, PromptTuningLoss
 
 P = 5

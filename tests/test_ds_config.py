@@ -166,6 +166,21 @@ def test_what_the_tuner_cannot_use_fails_naming_the_key(ds, message, tmp_path, t
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "config_json", [None, '{"model_type": "no_such_type"}', '{"model_type": "llama", "hidden_size": "wide"}']
+)
+def test_an_unreadable_model_config_for_the_buckets_is_one_line(config_json, tmp_path):
+    """ZeRO-3's "auto" buckets need the model's hidden size: a missing directory, an unknown model type
+    or a bad field value is a DsConfigError naming the model."""
+    model = tmp_path / "model"
+    if config_json is not None:
+        model.mkdir()
+        (model / "config.json").write_text(config_json)
+    with pytest.raises(DsConfigError, match="for the ZeRO bucket sizes") as info:
+        _fill(tmp_path, copy.deepcopy(HF_ZERO3_EXAMPLE), model)
+    assert str(model) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_refusal_through_the_cli_is_one_line(tmp_path, tiny_llama_dir, short_dir, capsys):
     argv = [
         "--model",

@@ -14,11 +14,11 @@ import torch
 from helpers import REPO, fresh_env, tune_argv, tune_fails
 
 from tsloss_harness.data import load_examples, write_jsonl
+from tsloss_harness.ds_config import fill_ds_config as _ds_config
 from tsloss_harness.prompt import load_prompt, load_provenance
 from tsloss_harness.testbed import tiny
 from tsloss_harness.topology import METRIC_KEYS
 from tsloss_harness.tune import TuneConfig, TuneError, load_config, run
-from tsloss_harness.tune.config import fill_ds_config as _ds_config
 
 TRAIN_KEYS = {"step", "epoch", "lr", "loss", "ce", "reg", "samples_per_s"}
 

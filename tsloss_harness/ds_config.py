@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tsloss_harness.errors import TslossError
 
-__all__ = ["DsConfigError", "fill_ds_config", "read_ds_config"]
+__all__ = ["DsConfigError", "ds_config_file", "fill_ds_config", "read_ds_config"]
 
 # Keys the flags set: a value written in the file must equal the flag's (or be "auto").
 FLAG_OF = {
@@ -62,10 +62,24 @@ class DsConfigError(TslossError, ValueError):
     """A DeepSpeed config the tuner cannot use; the message names the file and key."""
 
 
+def ds_config_file(name: str | None) -> Path:
+    """The DeepSpeed JSON a ``--ds_config`` names: a path, or a shipped config (z2, z3, z3_offload)."""
+    from tsloss_harness.resources import ds_config_path
+
+    if name is None:
+        return ds_config_path("z2")  # the default
+    if Path(name).is_file():
+        return Path(name)
+    if "/" not in name and not Path(name).exists():
+        try:
+            return ds_config_path(name)
+        except TslossError:
+            pass
+    raise DsConfigError(f"DeepSpeed config not found: {name}")
+
+
 def read_ds_config(name: str | None) -> tuple[dict, Path]:
     """The JSON a ``--ds_config`` names (a path, a shipped name, None: z2) and the path read."""
-    from tsloss_harness.tune.config import ds_config_file
-
     path = ds_config_file(name)
     try:
         ds = json.loads(path.read_text())
@@ -142,12 +156,22 @@ def _hidden_size(model: str) -> int:
 
     try:
         model_config = AutoConfig.from_pretrained(model)
-    except Exception as e:  # noqa: BLE001 (any loading failure: one line)
+    except (OSError, ValueError, *_config_validation_errors()) as e:  # not found, unreadable, bad or unknown
         raise DsConfigError(
             f"cannot read the config of {model} for the ZeRO bucket sizes: {str(e).splitlines()[0]}"
         ) from None
     text_config = getattr(model_config, "text_config", None) or model_config
     return int(text_config.hidden_size)
+
+
+def _config_validation_errors() -> tuple[type[Exception], ...]:
+    """What a config.json with bad values raises: transformers >= 5 checks the fields with huggingface_hub's
+    strict dataclasses (older versions raise ValueError, or nothing)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub (transformers 4): no such validation
+        return ()
+    return (StrictDataclassError,)
 
 
 def _check_precision(ds: dict, path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The tuner's settings: ``TuneConfig`` (every flag), the command line and YAML that fill it, the
-checks a config passes before anything is loaded, and the DeepSpeed config its flags complete."""
+"""The tuner's settings: ``TuneConfig`` (every flag), the command line and YAML that fill it, and the
+checks a config passes before anything is loaded (the DeepSpeed config its flags complete:
+:mod:`tsloss_harness.ds_config`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tsloss_harness.configfile import check_keys, field_parser, read_mapping
-from tsloss_harness.ds_config import fill_ds_config  # noqa: F401  (its home now; re-exported)
+from tsloss_harness.ds_config import DsConfigError, ds_config_file
 from tsloss_harness.errors import TslossError
 from tsloss_harness.prompt import PROMPT_METHODS
 from tsloss_harness.regularizers import DEFAULTS, REGULARIZERS, UnknownRegularizer, spec, with_half
@@ -189,7 +190,10 @@ def _check_paths(config: TuneConfig) -> None:
     looks_local = config.model.startswith((".", "/", "~")) or config.model.count("/") > 1
     if not model.exists() and (looks_local or os.environ.get("HF_HUB_OFFLINE") == "1"):
         raise TuneError(f"model path not found: {config.model}")
-    ds_config_file(config.ds_config)
+    try:
+        ds_config_file(config.ds_config)
+    except DsConfigError as e:
+        raise TuneError(str(e)) from None
     out = Path(config.output_dir)
     if not config.resume:
         if out.exists() and any(out.iterdir()):
@@ -201,22 +205,6 @@ def _check_paths(config: TuneConfig) -> None:
     for key, value in dataclasses.asdict(config).items():
         if key not in FREE_ON_RESUME and key in saved and saved[key] != value:
             raise TuneError(f"--resume: {key}={value!r} differs from the run's {key}={saved[key]!r}")
-
-
-def ds_config_file(name: str | None) -> Path:
-    """The DeepSpeed JSON a ``--ds_config`` names: a path, or a shipped config (z2, z3, z3_offload)."""
-    from tsloss_harness.resources import ds_config_path
-
-    if name is None:
-        return ds_config_path("z2")  # the default
-    if Path(name).is_file():
-        return Path(name)
-    if "/" not in name and not Path(name).exists():
-        try:
-            return ds_config_path(name)
-        except TslossError:
-            pass
-    raise TuneError(f"DeepSpeed config not found: {name}")
 
 
 def warmup_steps(config: TuneConfig, total_steps: int) -> int:
