@@ -70,6 +70,20 @@ def test_padded_tokenizer_covers_the_vocabulary(tmp_path, gsm8k_rows):
         build_padded_tokenizer(tmp_path / "small", 500)
 
 
+def test_tsloss_shaped_offers_the_five_models(capsys):
+    """``tsloss shaped``: the CLI over build_shaped_model; its model argument is the table's keys."""
+    from tsloss_harness.cli import main as tsloss
+
+    with pytest.raises(SystemExit) as exit_:
+        tsloss(["shaped", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tsloss shaped") and all(key in out for key in ARCHITECTURES)
+    with pytest.raises(SystemExit) as exit_:
+        tsloss(["shaped", "llama-1t", "out"])
+    assert exit_.value.code == 2 and "invalid choice: 'llama-1t'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_built_shape_is_the_real_architecture_with_fewer_layers(tmp_path):
     from transformers import AutoConfig

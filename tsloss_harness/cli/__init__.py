@@ -15,6 +15,7 @@ COMMANDS = {
     "tune": ("tune", "train a soft prompt (same flags as tune.py)"),
     "demo": ("testbed", "testbed -> TSLoss prompt -> lm_eval with and without it -> HTML report"),
     "testbed": ("testbed", "pretrain a tiny causal LM that soft prompts can steer"),
+    "shaped": ("testbed", "build a random-weight model of one of the paper's five shapes (fewer layers)"),
     "tasks-path": ("testbed", "print the lm-eval task folder the package ships (for --include_path)"),
     "topology": ("analysis", "persistent-homology metrics of a prompt (directory or tensor file)"),
     "report": ("analysis", "HTML/Markdown report of one or more tuner runs"),

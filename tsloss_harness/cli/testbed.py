@@ -1,4 +1,4 @@
-"""``tsloss demo``, ``tsloss testbed``, ``tsloss tasks-path``: the built-in CPU testbed."""
+"""``tsloss demo``, ``tsloss testbed``, ``tsloss shaped``, ``tsloss tasks-path``: the built-in CPU testbed."""
 
 from __future__ import annotations
 
@@ -138,6 +138,36 @@ def testbed(argv: list[str]) -> int:
         f"loss {card.get('loss_first', float('nan')):.3f} -> {card.get('loss_final', float('nan')):.3f}, "
         f"{card.get('wall_s')} s{note}"
     )
+    return 0
+
+
+def shaped(argv: list[str]) -> int:
+    """``tsloss shaped``: build a random-weight stand-in of one of the paper's five models and print its
+    directory."""
+    from pathlib import Path
+
+    from tsloss_harness.shapes import ARCHITECTURES
+    from tsloss_harness.testbed.shaped import build_shaped_model
+
+    parser = argparse.ArgumentParser(prog="tsloss shaped", description=build_shaped_model.__doc__.split("\n\n")[0])
+    parser.add_argument("model", choices=sorted(ARCHITECTURES))
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--num-layers", type=int, default=1, help="layers to build (default 1; 0: all)")
+    parser.add_argument("--vocab-size", type=int, default=None, help="override the vocabulary (default: the model's)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    path = build_shaped_model(
+        args.model,
+        args.out_dir,
+        num_layers=args.num_layers or None,
+        vocab_size=args.vocab_size,
+        dtype=args.dtype,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(path)
     return 0
 
 

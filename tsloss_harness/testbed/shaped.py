@@ -2,7 +2,7 @@
 tied or untied heads, Gemma's scaled embeddings (``tsloss_harness.shapes``), fewer layers, random
 weights, built locally like the tiny fixtures.
 
-    python -m tsloss_harness.testbed.shaped gemma-2b-it OUT_DIR [--num-layers 1] [--dtype float32]
+    tsloss shaped gemma-2b-it OUT_DIR [--num-layers 1] [--dtype float32]
 
 The tokenizer is the tiny byte-level BPE (``tiny.build_tokenizer``, ~1,100 tokens learned from
 generated GSM8K text) with its vocabulary padded by filler tokens to the model's vocabulary, so
@@ -13,11 +13,10 @@ time to draw and write the weights (one Qwen1.5-14B layer in fp32: 1.9 B paramet
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from tsloss_harness.shapes import ARCHITECTURES, ShapeError, architecture
+from tsloss_harness.shapes import ShapeError, architecture
 
 __all__ = ["build_padded_tokenizer", "build_shaped_model"]
 
@@ -95,35 +94,3 @@ def build_shaped_model(
     }
     (out_dir / "shape.json").write_text(json.dumps(card, indent=2) + "\n")
     return out_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tsloss_harness.testbed.shaped", description=build_shaped_model.__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("model", choices=sorted(ARCHITECTURES))
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--num-layers", type=int, default=1, help="layers to build (default 1; 0: all)")
-    parser.add_argument("--vocab-size", type=int, default=None, help="override the vocabulary (default: the model's)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    try:
-        path = build_shaped_model(
-            args.model,
-            args.out_dir,
-            num_layers=args.num_layers or None,
-            vocab_size=args.vocab_size,
-            dtype=args.dtype,
-            seed=args.seed,
-            device=args.device,
-        )
-    except ShapeError as e:
-        parser.exit(2, f"{parser.prog}: {e}\n")
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
