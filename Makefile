@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Tests read the real GSM8K in place (never copied into the repo) when it lies beside the checkout.
 TSLOSS_GSM8K_DIR ?= $(wildcard $(abspath ../shared/data/gsm8k))
 # No test reaches the network; every cache stays inside the checkout.
-TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline \
 	TSLOSS_CACHE=$(CURDIR)/.cache/tsloss_harness TSLOSS_GSM8K_DIR=$(TSLOSS_GSM8K_DIR)
 
 .PHONY: setup demo test test-fast lint

@@ -16,6 +16,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")  # W&B (monitor.py) never reaches the network in tests
 
 from helpers import MMLU_CF_SUBJECTS, REPO, ROLLING_TASK  # noqa: E402
 
