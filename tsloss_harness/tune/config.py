@@ -13,7 +13,7 @@ from pathlib import Path
 from tsloss_harness.configfile import check_keys, field_parser, read_mapping
 from tsloss_harness.ds_config import fill_ds_config  # noqa: F401  (its home now; re-exported)
 from tsloss_harness.errors import TslossError
-from tsloss_harness.prompt import PROMPT_METHODS
+from tsloss_harness.prompt_config import PROMPT_METHODS
 from tsloss_harness.regularizers import DEFAULTS, REGULARIZERS, UnknownRegularizer, spec, with_half
 
 
