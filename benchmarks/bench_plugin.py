@@ -34,7 +34,8 @@ def build_fixture(root: Path, virtual_tokens: int) -> tuple[Path, Path]:
     from transformers import AutoConfig
 
     from tsloss_harness.data import write_jsonl
-    from tsloss_harness.prompt import make_prompt_config, save_prompt
+    from tsloss_harness.prompt import save_prompt
+    from tsloss_harness.prompt_config import make_prompt_config
     from tsloss_harness.testbed import problems, tiny
 
     model_dir = tiny.build_tiny_model(

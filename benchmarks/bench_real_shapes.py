@@ -301,7 +301,7 @@ def initial_matrix(model_dir: Path, method: str):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tsloss_harness.prompt import make_method_config
+    from tsloss_harness.prompt_config import make_method_config
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     with torch.random.fork_rng(devices=[]):

@@ -38,7 +38,7 @@ def peer_trainer(model_dir: Path, rows, init, order, args, work: Path) -> dict:
     from torch.utils.data import SequentialSampler
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from tsloss_harness.prompt import make_prompt_config
+    from tsloss_harness.prompt_config import make_prompt_config
     from tsloss_harness.tune.batches import collate as _collate
 
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -15,7 +15,8 @@ from helpers import compare_samples, finish_lm_eval, lm_eval_args, read_lm_eval_
 
 from tsloss_harness.act import ActError, ActPatch, ActSettings, calibrate_attention
 from tsloss_harness.dpc import DpcError, DpcSettings, corrupt_prompt, decide, prompt_saliency
-from tsloss_harness.prompt import make_prompt_config, save_prompt, save_raw_prompt
+from tsloss_harness.prompt import save_prompt, save_raw_prompt
+from tsloss_harness.prompt_config import make_prompt_config
 
 P = 5  # virtual tokens
 # A 0-shot generation task outside any group (the leaderboard scores groups, and gsm8k_offline's group
@@ -449,7 +450,8 @@ def test_cli_act_without_heads_and_dpc_that_never_fires_equal_tsprompt(cli_runs)
 
 @pytest.mark.slow  # lm-eval runs
 def test_leaderboard_gives_each_method_its_own_column(cli_runs):
-    from tsloss_harness.leaderboard import build_tables, collect
+    from tsloss_harness.leaderboard import build_tables
+    from tsloss_harness.measurements import collect
 
     measurements, _ = collect([run["dir"] for run in cli_runs.values()], {"gsm8k_answer_offline": "greedy_answer,none"})
     methods = {(m.dataset, m.method) for m in measurements}

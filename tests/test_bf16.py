@@ -22,8 +22,8 @@ from helpers import REPO, two_ranks
 
 from tsloss_harness.data import load_examples
 from tsloss_harness.ds_config import fill_ds_config
-from tsloss_harness.prompt import PROMPT_METHODS as METHODS
 from tsloss_harness.prompt import load_prompt
+from tsloss_harness.prompt_config import PROMPT_METHODS as METHODS
 from tsloss_harness.regularizers import get_regularizer
 from tsloss_harness.tune import TuneConfig, run
 from tsloss_harness.tune.batches import collate, tokenize
@@ -47,7 +47,7 @@ def initial_matrix(model_dir, method: str, num_virtual_tokens: int = 20):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tsloss_harness.prompt import make_method_config
+    from tsloss_harness.prompt_config import make_method_config
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     config = make_method_config(method, str(model_dir), base.config, num_virtual_tokens=num_virtual_tokens, init="peft")
@@ -88,7 +88,7 @@ def _module(model_dir, method: str, dtype, adaptive):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tsloss_harness.prompt import make_method_config
+    from tsloss_harness.prompt_config import make_method_config
 
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).requires_grad_(False)
     torch.manual_seed(0)  # PEFT's own (seeded) initialisation: the same prompt in both dtypes, then rounded
@@ -199,7 +199,8 @@ def test_tsprompt_equals_hf_peft_in_bf16(method, tiny_tokenizer_dir, tmp_path):
     from transformers import AutoConfig
 
     from tsloss_harness.evaluation import TSPromptLM
-    from tsloss_harness.prompt import expected_embedding_shape, make_method_config, save_prompt
+    from tsloss_harness.prompt import save_prompt
+    from tsloss_harness.prompt_config import expected_embedding_shape, make_method_config
     from tsloss_harness.testbed import tiny
 
     model = str(tiny.build_tiny_model("llama", tmp_path / "m", tokenizer_dir=tiny_tokenizer_dir, initializer_range=0.2))

@@ -28,7 +28,8 @@ from helpers import (
     start_lm_eval,
 )
 
-from tsloss_harness.prompt import make_prompt_config, save_prompt, save_raw_prompt
+from tsloss_harness.prompt import save_prompt, save_raw_prompt
+from tsloss_harness.prompt_config import make_prompt_config
 
 P = 6  # virtual tokens
 

@@ -25,7 +25,8 @@ from helpers import (
 
 from tsloss_harness.data import load_examples
 from tsloss_harness.losses import ts_loss
-from tsloss_harness.prompt import PROMPT_METHODS, load_peft_config, load_prompt, load_provenance, make_method_config
+from tsloss_harness.prompt import load_peft_config, load_prompt, load_provenance
+from tsloss_harness.prompt_config import PROMPT_METHODS, make_method_config
 from tsloss_harness.regularizers import get_regularizer
 from tsloss_harness.testbed import tiny
 from tsloss_harness.tune import TuneConfig, run

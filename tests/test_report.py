@@ -20,7 +20,8 @@ from scipy import stats
 
 from tsloss_harness import report
 from tsloss_harness.cli import main as tsloss
-from tsloss_harness.prompt import make_prompt_config, save_prompt
+from tsloss_harness.prompt import save_prompt
+from tsloss_harness.prompt_config import make_prompt_config
 from tsloss_harness.topology import METRIC_KEYS, prompt_topology
 from tsloss_harness.tune import TuneConfig
 

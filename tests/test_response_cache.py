@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tsloss_harness.prompt import make_prompt_config, save_prompt
+from tsloss_harness.prompt import save_prompt
+from tsloss_harness.prompt_config import make_prompt_config
 
 pytestmark = pytest.mark.slow  # four lm-eval evaluations
 

@@ -163,7 +163,7 @@ def test_plan_counts_what_peft_trains(key, method):
     from peft import get_peft_model
 
     from tsloss_harness.plan import trainable_values
-    from tsloss_harness.prompt import make_method_config
+    from tsloss_harness.prompt_config import make_method_config
 
     model = _meta_model(ARCHITECTURES[key].hf_config())
     with torch.device("meta"):

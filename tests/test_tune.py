@@ -61,7 +61,7 @@ def test_answer_position_loss_equals_full_logits(arch, tiny_model_dirs, gsm8k_di
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tsloss_harness.prompt import make_prompt_config
+    from tsloss_harness.prompt_config import make_prompt_config
     from tsloss_harness.regularizers import get_regularizer
     from tsloss_harness.tune.batches import collate as _collate
     from tsloss_harness.tune.batches import tokenize as _tokenize

@@ -96,7 +96,8 @@ class TSPromptLM(PromptAwareHooks, HFLM):
     def _attach_prompt(self, model: torch.nn.Module) -> torch.nn.Module:
         from peft import get_peft_model, set_peft_model_state_dict
 
-        from tsloss_harness.prompt import EMBEDDINGS_KEY, make_prompt_config
+        from tsloss_harness.prompt import EMBEDDINGS_KEY
+        from tsloss_harness.prompt_config import make_prompt_config
 
         if self.backend != "causal":
             raise ValueError(f"tsprompt: soft prompts need a decoder-only model, got a {self.backend} model")
@@ -134,7 +135,8 @@ class TSPromptLM(PromptAwareHooks, HFLM):
 
         from peft import get_peft_model, set_peft_model_state_dict
 
-        from tsloss_harness.prompt import EMBEDDINGS_KEY, make_method_config
+        from tsloss_harness.prompt import EMBEDDINGS_KEY
+        from tsloss_harness.prompt_config import make_method_config
 
         config = model.config
         vocab_size = getattr(getattr(config, "text_config", config), "vocab_size", None)

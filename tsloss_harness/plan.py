@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tsloss_harness.errors import TslossError
-from tsloss_harness.prompt import PROMPT_METHODS
+from tsloss_harness.prompt_config import PROMPT_METHODS
 from tsloss_harness.shapes import ARCHITECTURES
 
 __all__ = [

@@ -34,7 +34,9 @@ import numpy as np
 
 from tsloss_harness.data import DataError, read_jsonl
 from tsloss_harness.errors import TslossError, first_line
-from tsloss_harness.leaderboard import TABLE_CSS, markdown_table, mean_ci, method_label, model_name
+from tsloss_harness.leaderboard import TABLE_CSS, markdown_table, method_label
+from tsloss_harness.measurements import model_name
+from tsloss_harness.stats import mean_ci
 from tsloss_harness.topology import METRIC_KEYS
 
 __all__ = ["ReportError", "Run", "build_report", "load_run", "table2", "write_report"]

@@ -66,7 +66,8 @@ def report(argv: list[str]) -> int:
 
 def leaderboard(argv: list[str]) -> int:
     """``tsloss leaderboard RESULTS ... [-o board.md|.csv|.html]``"""
-    from tsloss_harness.leaderboard import LeaderboardError, build_tables, collect, render
+    from tsloss_harness.leaderboard import build_tables, render
+    from tsloss_harness.measurements import LeaderboardError, collect
 
     parser = argparse.ArgumentParser(
         prog="tsloss leaderboard",

@@ -23,7 +23,7 @@ def plan(argv: list[str]) -> int:
         load_ds_config,
         resolve_model,
     )
-    from tsloss_harness.prompt import PROMPT_METHODS
+    from tsloss_harness.prompt_config import PROMPT_METHODS
     from tsloss_harness.resources import resource_dir
 
     parser = argparse.ArgumentParser(prog="tsloss plan", description=planning.__doc__.split("\n\n")[0])

@@ -389,7 +389,7 @@ def _check_baseline(config: SweepConfig, settings: list[Setting]) -> None:
 
 def _check_names(config: SweepConfig, settings: list[Setting]) -> None:
     """Values the tuner would refuse, found before anything runs."""
-    from tsloss_harness.prompt import PROMPT_METHODS as METHODS
+    from tsloss_harness.prompt_config import PROMPT_METHODS as METHODS
 
     def values_of(name: str) -> list:
         found = list(config.axes.get(name, []))

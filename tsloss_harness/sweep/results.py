@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tsloss_harness import leaderboard
+from tsloss_harness import leaderboard, stats
+from tsloss_harness.measurements import collect
 
 __all__ = ["CellResult", "convergence_ratios", "read_cell", "over_no_prompt", "render_board", "score_differences"]
 
@@ -43,7 +44,7 @@ def read_cell(key: dict, run_dir: Path, eval_dir: Path | None) -> CellResult:
 
 def read_scores(eval_dir: Path) -> tuple[dict[str, float], dict[str, str], list[str]]:
     """{task: score in %} from the latest lm-eval results file under ``eval_dir``, the metric of each,
-    as the leaderboard picks it (``leaderboard.METRIC_PREFERENCE``)."""
+    as the leaderboard picks it (``tsloss_harness.measurements.METRIC_PREFERENCE``)."""
     try:
         listed = json.loads((eval_dir / "eval.json").read_text())["results"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
@@ -51,7 +52,7 @@ def read_scores(eval_dir: Path) -> tuple[dict[str, float], dict[str, str], list[
     files = [f for f in listed if Path(f).is_file()][-1:]
     if not files:
         return {}, {}, []
-    measurements, _ = leaderboard.collect(files)
+    measurements, _ = collect(files)
     scores = {m.dataset: m.value for m in measurements if m.kind == "accuracy"}
     metrics = {m.dataset: m.source.rsplit(":", 1)[-1] for m in measurements if m.kind == "accuracy"}
     return scores, metrics, files
@@ -91,8 +92,8 @@ def _against_baseline(cells: list[CellResult], baseline: dict[str, Any]):
 
 def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> list[dict]:
     """Against each baseline axis value (``_against_baseline``): every other value's converged_step as
-    the ratio of means over converged runs (``leaderboard.ratio_ci``) and the geometric mean of
-    per-seed ratios over seeds where both converged (``leaderboard.paired_ratio_ci``), each with its
+    the ratio of means over converged runs (``stats.ratio_ci``) and the geometric mean of
+    per-seed ratios over seeds where both converged (``stats.paired_ratio_ci``), each with its
     95% CI."""
     out = []
     for group, axis, value, ours, base in _against_baseline(cells, baseline):
@@ -118,7 +119,7 @@ def score_differences(cells: list[CellResult], baseline: dict[str, Any]) -> list
             ]
             if not diffs:
                 continue
-            mean, half, n = leaderboard.mean_ci(diffs)
+            mean, half, n = stats.mean_ci(diffs)
             ci = [mean - half, mean + half] if half is not None else [None, None]
             out.append(
                 {"group": group, "axis": axis, "value": value, "baseline": baseline[axis], "task": task}
@@ -142,7 +143,7 @@ def over_no_prompt(cells: list[CellResult], no_prompt: list[CellResult]) -> list
             continue
         for task in sorted({t for c in members for t in c["scores"]} & set(bases[0]["scores"])):
             diffs = [c["scores"][task] - bases[0]["scores"][task] for c in members if task in c["scores"]]
-            mean, half, n = leaderboard.mean_ci(diffs)
+            mean, half, n = stats.mean_ci(diffs)
             ci = [mean - half, mean + half] if half is not None else [None, None]
             entry = {"group": dict(rest), "axis": "prompt", "value": "tuned", "baseline": "none", "task": task}
             out.append(entry | {"difference": mean, "ci95": ci, "seeds": n})
@@ -170,10 +171,10 @@ def _fmt_points(x: float | None) -> str:
 def _ratio_entry(ours: dict, base: dict) -> dict:
     a = [v for v in ours.values() if v is not None]
     b = [v for v in base.values() if v is not None]
-    ratio = leaderboard.ratio_ci(a, b) if a and b else (None, None, None)
+    ratio = stats.ratio_ci(a, b) if a and b else (None, None, None)
     # seeds where both converged at a step > 0 (a ratio needs it): the same rows and initial prompt
     pairs = [(ours[s], base[s]) for s in sorted(ours) if s in base and ours[s] and base[s]]
-    paired = leaderboard.paired_ratio_ci(*zip(*pairs, strict=True)) if pairs else (None, None, None)
+    paired = stats.paired_ratio_ci(*zip(*pairs, strict=True)) if pairs else (None, None, None)
     return {
         "ratio": ratio[0],
         "ci95": [ratio[1], ratio[2]],
@@ -250,7 +251,7 @@ def _iterations(steps: list) -> str:
 def _mean_ci(values: list[float], digits: int = 1) -> str:
     if not values:
         return "—"
-    mean, half, n = leaderboard.mean_ci(values)
+    mean, half, n = stats.mean_ci(values)
     text = f"{mean:.{digits}f}" if half is None or math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
     return f"{text} (n={n})"
 
@@ -315,7 +316,7 @@ def render_board(
     if varying <= PAPER_AXES:
         sources = [s for c in cells + no_prompt for s in c["sources"]]
         if sources:
-            measurements, _ = leaderboard.collect(sources)
+            measurements, _ = collect(sources)
             text += "\n" + leaderboard.render(leaderboard.build_tables(measurements), "md")
     else:
         text += f"\nThe paper's tables are left out: they do not tell apart the axes {', '.join(sorted(varying - PAPER_AXES))}.\n"

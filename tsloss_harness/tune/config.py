@@ -14,7 +14,7 @@ from pathlib import Path
 from tsloss_harness.configfile import check_keys, field_parser, read_mapping
 from tsloss_harness.ds_config import DsConfigError, ds_config_file
 from tsloss_harness.errors import TslossError
-from tsloss_harness.prompt import PROMPT_METHODS
+from tsloss_harness.prompt_config import PROMPT_METHODS
 from tsloss_harness.regularizers import DEFAULTS, REGULARIZERS, UnknownRegularizer, spec, with_half
 
 

@@ -129,7 +129,7 @@ class TuneRecipe:
         from transformers import AutoModelForCausalLM
         from transformers.integrations import HfDeepSpeedConfig
 
-        from tsloss_harness.prompt import make_method_config
+        from tsloss_harness.prompt_config import make_method_config
 
         config = self.config
         # ZeRO-3: keep HfDeepSpeedConfig alive so from_pretrained builds the model partitioned (zero.Init).

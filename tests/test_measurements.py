@@ -1,11 +1,11 @@
-"""The leaderboard reads a group lm-eval gives no score (gsm8k_offline: one task, no aggregate) through
-its subtasks, and still lets a scored group (MMLU-CF) stand for its subjects."""
+"""Collecting measurements: a group lm-eval gives no score (gsm8k_offline: one task, no aggregate) is
+read through its subtasks, and a scored group (MMLU-CF) still stands for its subjects."""
 
 from __future__ import annotations
 
 import json
 
-from tsloss_harness import leaderboard
+from tsloss_harness.measurements import collect
 
 
 def test_scoreless_group_is_read_through_its_subtasks(tmp_path):
@@ -22,6 +22,6 @@ def test_scoreless_group_is_read_through_its_subtasks(tmp_path):
     }
     path = tmp_path / "results_x.json"
     path.write_text(json.dumps(data))
-    measurements, warnings = leaderboard.collect([path])
+    measurements, warnings = collect([path])
     assert sorted((m.dataset, m.value) for m in measurements) == [("gsm8k", 25.0), ("mmlu_cf", 50.0)]
     assert warnings == [f"{path}: task orphan has no accuracy metric (use --metric orphan=KEY); skipped"]
