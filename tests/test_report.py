@@ -22,6 +22,8 @@ from tsloss_harness import report
 from tsloss_harness.cli import main as tsloss
 from tsloss_harness.prompt import save_prompt
 from tsloss_harness.prompt_config import make_prompt_config
+from tsloss_harness.report.page import Report
+from tsloss_harness.report.runs import expand_run_paths
 from tsloss_harness.topology import METRIC_KEYS, prompt_topology
 from tsloss_harness.tune import TuneConfig
 
@@ -121,8 +123,8 @@ def runs_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built_report(runs_root) -> report.Report:
-    return report.build_report([report.load_run(p) for p in report.expand_run_paths([runs_root])])
+def built_report(runs_root) -> Report:
+    return report.build_report([report.load_run(p) for p in expand_run_paths([runs_root])])
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ def topology(argv: list[str]) -> int:
 
 def report(argv: list[str]) -> int:
     """``tsloss report RUN_DIR [RUN_DIR ...] -o report.html``"""
-    from tsloss_harness.report import ReportError, build_report, expand_run_paths, load_run, write_report
+    from tsloss_harness.report import ReportError, build_report, load_run, write_report
+    from tsloss_harness.report.runs import expand_run_paths
 
     parser = argparse.ArgumentParser(
         prog="tsloss report",
