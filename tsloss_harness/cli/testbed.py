@@ -98,7 +98,8 @@ def _pct(value) -> str:
 
 def testbed(argv: list[str]) -> int:
     """``tsloss testbed``: build (or find in the cache) a testbed model and print its directory."""
-    from tsloss_harness.testbed.pretrain import SIZES, build_testbed, default_cache_root, read_card
+    from tsloss_harness.testbed.card import read_card
+    from tsloss_harness.testbed.pretrain import SIZES, build_testbed, default_cache_root
 
     parser = argparse.ArgumentParser(
         prog="tsloss testbed",

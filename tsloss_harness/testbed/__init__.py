@@ -4,6 +4,7 @@
 - ``tiny``: the tiny random-weight architectures and the local BPE tokenizer (plumbing fixtures);
 - ``pretrain``: the testbed model, a tiny llama pretrained on CPU so soft prompts can steer it
   (``build_testbed``);
+- ``card``: a built testbed's record, ``testbed.json`` and its README;
 - ``demo``: ``tsloss demo``, testbed -> tuned prompt -> lm-eval with and without it -> report.
 
 One call, one plain result::

@@ -100,6 +100,7 @@ def _check(args: argparse.Namespace) -> tuple[Path, Path]:
 def _model(args: argparse.Namespace, summary: dict) -> tuple[Path, int]:
     """1. The model (the testbed, built once and cached) and the seed of the rows it never saw."""
     from tsloss_harness.testbed import pretrain as tb
+    from tsloss_harness.testbed.card import read_card
 
     if args.model:
         model = Path(args.model).expanduser().resolve()
@@ -109,7 +110,7 @@ def _model(args: argparse.Namespace, summary: dict) -> tuple[Path, int]:
             model = tb.build_testbed(size=args.testbed, seed=0)
         except tb.TestbedError as e:
             raise DemoError(f"testbed: {e}") from e
-    card = tb.read_card(model)  # present when the model is a testbed
+    card = read_card(model)  # present when the model is a testbed
     summary["model"] = {"path": str(model), "testbed": card and card["size"]}
     if not (card and card["corpus"]["kind"] == "generated"):
         return model, args.seed

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 
-from tsloss_harness.testbed.problems import _ITEMS, _NAMES
+from tsloss_harness.testbed.problem_templates import ITEMS, NAMES
 
 SKILLS = ("lookup", "choice")
 # MMLU-CF subject name the choice rows are served under (``$TSLOSS_DATA_DIR/mmlu_cf/Testbed_{dev,val}.jsonl``).
@@ -31,8 +31,8 @@ HELDOUT_ROWS = 100  # the held-out set every run is scored on (lm-eval runs once
 
 
 def _people_and_things(rng: random.Random, k: int) -> tuple[list[str], list[str], list[int]]:
-    names = [n for n, _, _ in rng.sample(_NAMES, k)]
-    things = [plural for plural, _ in rng.sample(_ITEMS, k)]
+    names = [n for n, _, _ in rng.sample(NAMES, k)]
+    things = [plural for plural, _ in rng.sample(ITEMS, k)]
     counts = rng.sample(range(2, 40), k)
     return names, things, counts
 
@@ -52,7 +52,7 @@ def lookup_row(rng: random.Random) -> dict:
 def choice_row(rng: random.Random) -> dict:
     """An MMLU-CF-schema row: ``Question``, ``A``..``D``, ``Answer`` (a letter)."""
     names, _, counts = _people_and_things(rng, 1)
-    options = [plural for plural, _ in rng.sample(_ITEMS, 4)]
+    options = [plural for plural, _ in rng.sample(ITEMS, 4)]
     k = rng.randrange(4)
     question = f"{names[0]} has {counts[0]} {options[k]}. What does {names[0]} have?"
     return {"Question": question, **dict(zip(_LETTERS, options)), "Answer": _LETTERS[k]}
