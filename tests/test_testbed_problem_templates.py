@@ -12,5 +12,5 @@ def test_every_template_writes_a_question_and_worked_steps():
             rng = random.Random(seed)
             solution = problems._Solution(rng)
             question = template(rng, solution, rng.choice(problem_templates.NAMES))
-            assert question.endswith("?"), (template.__name__, question)
+            assert question.endswith("?"), (template.name, question)
             assert len(solution.lines) >= 2 and solution.answer().endswith(f"#### {solution.result}")
