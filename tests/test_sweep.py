@@ -649,8 +649,7 @@ def scored_sweep(ray_cluster, tiny_llama_dir, gsm8k_dir, tmp_path_factory):
                 "limit": 3,
                 "batch_size": 2,
                 "gen_kwargs": "max_gen_toks=12",
-                "device": "cpu",
-                "model_args": {"dtype": "float32"},
+                "model_args": {"dtype": "float32"},  # no device: each command picks CPU here by itself
                 "log_samples": True,
                 "no_prompt": True,
                 "env": {"TSLOSS_GSM8K_DIR": str(gsm8k_dir)},
@@ -696,6 +695,7 @@ def test_eval_stage_equals_lm_eval_by_hand(scored_sweep, tiny_llama_dir, env, tm
 @pytest.mark.slow
 def test_variants_score_dpc_on_the_prompt_and_act_on_the_bare_model(scored_sweep, tiny_llama_dir):
     path, result = scored_sweep
+    assert result["failed"] == []
     out = Path(load_sweep_config(path).output_dir)
     cell = out / "seed=1"
     # DPC: the cell's own prompt, scored again by tsprompt with dpc=true; the results record it

@@ -187,6 +187,10 @@ def _build_lm(model: str, model_args: str, batch_size: int, device: str | None):
     keys = {part.split("=", 1)[0].strip() for part in model_args.split(",") if "=" in part}
     if "act" in keys or any(k.startswith("dpc") for k in keys):
         raise ActError("--model_args must not hold act= or dpc= (calibration applies ACT itself)")
+    if device is None:  # hf's own default is "cuda", which fails without a GPU; the lm_eval CLI falls back to CPU
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return get_model(model).create_from_arg_string(model_args, {"batch_size": batch_size, "device": device})
 
 
