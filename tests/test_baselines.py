@@ -459,11 +459,11 @@ def test_leaderboard_gives_each_method_its_own_column(cli_runs):
     assert {
         (task, "prompt"),
         (task, "prompt+act"),
-        (task, "prompt+dpc"),
+        (task, "prompt+dpc(ratio=1.0)"),  # not the default trigger: its setting names the column
         ("gsm8k_answer_offline", "base+act"),
     } <= methods
     table3 = next(t for t in build_tables(measurements) if t.name == "III")
-    assert {"prompt", "prompt+act", "prompt+dpc", "base+act"} <= set(table3.columns)
+    assert {"prompt", "prompt+act", "prompt+dpc(ratio=1.0)", "base+act"} <= set(table3.columns)
 
 
 @pytest.mark.slow  # a fresh interpreter

@@ -25,3 +25,12 @@ def test_scoreless_group_is_read_through_its_subtasks(tmp_path):
     measurements, warnings = collect([path])
     assert sorted((m.dataset, m.value) for m in measurements) == [("gsm8k", 25.0), ("mmlu_cf", 50.0)]
     assert warnings == [f"{path}: task orphan has no accuracy metric (use --metric orphan=KEY); skipped"]
+
+
+def test_dpc_settings_other_than_the_defaults_name_their_column():
+    from tsloss_harness.measurements import _with_inference_methods
+
+    recorded = {"ratio": 0.5, "beta_scale": 1.0, "gamma": 10.0, "layers": "deep", "instances": 100, "fired": 0}
+    assert _with_inference_methods("prompt", {"dpc": recorded}) == "prompt+dpc"
+    assert _with_inference_methods("prompt", {"dpc": recorded | {"ratio": 0.1}}) == "prompt+dpc(ratio=0.1)"
+    assert _with_inference_methods("base", {"act": {"heads": []}}) == "base+act"

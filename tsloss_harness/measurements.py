@@ -163,8 +163,26 @@ def _prompt_provenance(config: dict, model_args: dict) -> dict | None:
 
 def _with_inference_methods(method: str, config: dict) -> str:
     """ "prompt" -> "prompt+act" / "prompt+dpc" when lm-eval scored with ACT or DPC (``config.act`` /
-    ``config.dpc``, written by tsprompt and hf-act): their own Table III columns."""
-    return "+".join([method, *(name for name in INFERENCE_METHODS if isinstance(config.get(name), dict))])
+    ``config.dpc``, written by tsprompt and hf-act): their own Table III columns. DPC settings other
+    than the defaults name their column (``prompt+dpc(ratio=0.1)``), so two settings never share one."""
+    parts = [method]
+    for name in INFERENCE_METHODS:
+        if isinstance(config.get(name), dict):
+            parts.append(name + (_dpc_changes(config[name]) if name == "dpc" else ""))
+    return "+".join(parts)
+
+
+def _dpc_changes(recorded: dict) -> str:
+    import dataclasses
+
+    from tsloss_harness.dpc import DpcSettings
+
+    changed = [
+        f"{f.name}={recorded[f.name]}"
+        for f in dataclasses.fields(DpcSettings)
+        if f.name in recorded and recorded[f.name] != f.default
+    ]
+    return f"({','.join(changed)})" if changed else ""
 
 
 def _pick_metric(task: str, scores: dict, overrides: dict[str, str]) -> str | None:
