@@ -72,6 +72,7 @@ def run_sweep(
 
     cells = grid.expand(config)
     eval_config = config.eval_config()
+    _check_variants_select(eval_config, cells)
     grid.prepare(cells)
     states = {c.name: grid.tune_state(c) for c in cells}
     no_prompt = (
@@ -79,7 +80,7 @@ def run_sweep(
     )
     evals = {c.name: _evals_for(config, c, eval_config, bare=False) for c in cells}
     evals |= {c.name: _evals_for(config, c, eval_config, bare=True) for c in no_prompt}
-    _prepare_variants(config, eval_config, evals)
+    _prepare_variants(config, evals)
     changed = {name: diff for name, (state, diff) in states.items() if state == "changed"}
     if rerun_changed:
         for c in cells:
@@ -108,15 +109,18 @@ def run_sweep(
     return _report(config, cells, no_prompt, evals, records, changed, len(todo))
 
 
-def _prepare_variants(config: SweepConfig, eval_config, evals: dict[str, list[dict]]) -> None:
-    """Refuse a variant that selects no cell (a typo in ``cells``); write ACT's calibration rows."""
+def _check_variants_select(eval_config, cells: list) -> None:
+    """Refuse a variant that selects no cell (a typo in ``cells``) before anything is built or run."""
+    for name, variant in (eval_config.variants if eval_config else {}).items():
+        if variant.cells != "no_prompt" and not any(variant.selects(c.key) for c in cells):
+            raise SweepError(f"eval.variants.{name}: cells {variant.cells} selects no cell of the grid")
+
+
+def _prepare_variants(config: SweepConfig, evals: dict[str, list[dict]]) -> None:
+    """Write the rows ACT's variants calibrate on (``data_dir: skills``)."""
     from tsloss_harness.sweep import grid
 
-    specs = [e for found in evals.values() for e in found if "variant" in e]
-    for name, variant in (eval_config.variants if eval_config else {}).items():
-        if not any(e["variant"] == name for e in specs):
-            raise SweepError(f"eval.variants.{name}: cells {variant.cells} selects no cell of the grid")
-    acts = [e["act"] for e in specs if e["act"] is not None]
+    acts = [e["act"] for found in evals.values() for e in found if e.get("act") is not None]
     if acts and config.data_dir == "skills":
         grid.write_skills_calibration(Path(config.output_dir).expanduser().resolve(), max(a["limit"] for a in acts))
 
@@ -218,7 +222,11 @@ def _report(
     out = Path(config.output_dir).expanduser().resolve()
     kept = [c for c in cells if c.name not in changed]
     finished = [results.read_cell(c.key, c.run_dir, c.dir / "eval" if evals[c.name] else None) for c in kept]
-    bases = [results.read_cell(c.key, c.run_dir, c.dir / "eval") for c in no_prompt if config.eval_config().no_prompt]
+    bases = [
+        results.read_cell(c.key, c.run_dir, c.dir / "eval")
+        for c in no_prompt
+        if any("variant" not in e for e in evals[c.name])  # scored plain (eval.no_prompt), not only by variants
+    ]
     ratios = results.convergence_ratios(finished, config.baseline)
     # each variant's scores as cells of their own, told apart by an "eval" key (the plain ones: "plain")
     variants = [

@@ -112,27 +112,33 @@ def write_skill_data(root, n_train: int | None, seed: int = 0, n_heldout: int = 
     held-out rows. With ``n_train`` None (the held-out root the evals read) the training file holds a
     few-shot pool of ``FEWSHOT_ROWS`` training-stream rows instead: lm-eval loads it even 0-shot.
     Returns {skill: its folder}."""
+    if n_train is None:
+        return _write_eval_root(root, lambda skill: heldout_rows(skill, n_heldout))
     from pathlib import Path
 
     from tsloss_harness.data import write_jsonl
 
-    folders = {}
     for skill, (folder, train_file, heldout_file) in LAYOUT.items():
-        folders[skill] = str(Path(root) / folder)
-        train = train_rows(skill, n_train, seed) if n_train is not None else train_rows(skill, FEWSHOT_ROWS, "fewshot")
-        write_jsonl(train, Path(root) / folder / train_file)
+        write_jsonl(train_rows(skill, n_train, seed), Path(root) / folder / train_file)
         write_jsonl(heldout_rows(skill, n_heldout), Path(root) / folder / heldout_file)
-    return folders
+    return {skill: str(Path(root) / folder) for skill, (folder, _, _) in LAYOUT.items()}
 
 
 def write_calibration_data(root, n: int) -> None:
     """``n`` rows per skill for choosing ACT's heads (``tsloss act-calibrate``): drawn as training rows
     (their own stream, never a held-out question) and written where the offline tasks read the scored
-    split (beside the few-shot pool), so the calibration runs the eval tasks themselves."""
+    split, so the calibration runs the eval tasks themselves."""
+    _write_eval_root(root, lambda skill: train_rows(skill, n, seed="calibration"))
+
+
+def _write_eval_root(root, scored_rows) -> dict[str, str]:
+    """A data root the offline tasks read: ``scored_rows(skill)`` as the scored split, beside the few-shot
+    pool lm-eval loads even 0-shot."""
     from pathlib import Path
 
     from tsloss_harness.data import write_jsonl
 
     for skill, (folder, train_file, heldout_file) in LAYOUT.items():
         write_jsonl(train_rows(skill, FEWSHOT_ROWS, "fewshot"), Path(root) / folder / train_file)
-        write_jsonl(train_rows(skill, n, seed="calibration"), Path(root) / folder / heldout_file)
+        write_jsonl(scored_rows(skill), Path(root) / folder / heldout_file)
+    return {skill: str(Path(root) / folder) for skill, (folder, _, _) in LAYOUT.items()}
