@@ -523,6 +523,8 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
         cell.stat().st_mtime_ns == mtime
         for cell, mtime in ((c / "tune" / "summary.json", m) for c, m in finished.items())
     )
+    page = (root / "report.html").read_text()  # the paper's figures over the grid: both axes vary
+    assert 'id="fig4"' in page and 'id="fig5"' in page and "Fig. 6: not drawn" in page
     ratios = json.loads((root / "ratios.json").read_text())
     assert sorted((r["group"]["lambda_ts"], r["value"], r["runs"]) for r in ratios) == [
         (0.5, "tsloss", 2),

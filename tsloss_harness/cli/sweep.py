@@ -79,7 +79,7 @@ def _print_result(result: dict) -> None:
     print(result["board"].split("\n\nmean ±")[0].split("\n", 2)[-1])  # the group table
     print(
         f"{result['cells']} cells: {result['reused']} reused, {result['ran']} run, {len(result['failed'])} failed; "
-        f"board: {result['leaderboard']}"
+        f"board: {result['leaderboard']}; figures: {result['report']}"
     )
     for r in result["ratios"]:
         print("  " + format_ratio(r))

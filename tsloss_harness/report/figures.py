@@ -41,8 +41,10 @@ def group_colors(groups: dict[str, list[Run]]) -> dict[str, Any]:
     return {label: palette(i % 10) for i, label in enumerate(groups)}
 
 
-def _band(ax, groups: dict[str, list[Run]], key: str, color_of: dict[str, Any]) -> bool:
-    """Group mean over seeds with a 95% CI band where >= 2 runs logged the step. False: nothing to draw."""
+def _band(ax, groups: dict[str, list[Run]], key: str, color_of: dict[str, Any], min_share: float = 0.0) -> bool:
+    """Group mean over seeds with a 95% CI band where >= 2 runs logged the step, at the steps that at
+    least ``min_share`` of the group's runs logged (runs that stop at convergence leave the slow ones
+    alone at the end). False: nothing to draw."""
     drew = False
     for label, runs in groups.items():
         by_step: dict[float, list[float]] = {}
@@ -50,6 +52,7 @@ def _band(ax, groups: dict[str, list[Run]], key: str, color_of: dict[str, Any]) 
             for s, v in zip(*run.series(key)):
                 if math.isfinite(v):
                     by_step.setdefault(s, []).append(v)
+        by_step = {s: v for s, v in by_step.items() if len(v) >= min_share * len(runs)}
         if not by_step:
             continue
         steps = np.array(sorted(by_step))
@@ -257,4 +260,43 @@ def fig_embedding(groups_rows, cache: PromptCache, method: str) -> bytes | None:
         ax.set_title(label if len(panels) > 1 else f"{method.upper()} of prompt rows", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.colorbar(sc, ax=axes.ravel().tolist(), label="step")
+    return _png(fig)
+
+
+def fig_panels(
+    panels: dict[str, dict[str, list[Run]]], keys: Sequence[tuple[str, str]], color_of, log_keys=("loss",)
+) -> bytes | None:
+    """One axes per (panel, key): each panel's curves (label -> runs, mean ± 95% CI over seeds, while at
+    least half of the runs are still training) for each key. One key: panels in rows of up to 4;
+    several keys: a row per panel, a column per key."""
+    plt = _plt()
+    cells = [
+        (p, k, t)
+        for p, curves in panels.items()
+        for k, t in keys
+        if any(len(r.series(k)[0]) for rs in curves.values() for r in rs)
+    ]
+    if not cells:
+        return None
+    ncols = len(keys) if len(keys) > 1 else min(4, len(cells))
+    nrows = math.ceil(len(cells) / ncols) if len(keys) == 1 else len(panels)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    used = []
+    for i, (panel, key, title) in enumerate(cells):
+        ax = axes.flat[i] if len(keys) == 1 else axes[list(panels).index(panel), [k for k, _ in keys].index(key)]
+        _band(ax, panels[panel], key, color_of, min_share=0.5)
+        if key in log_keys and all(v > 0 for rs in panels[panel].values() for r in rs for v in r.series(key)[1]):
+            ax.set_yscale("log")
+        ax.set_title(f"{panel}: {title}" if panel else title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        used.append(ax)
+    for ax in axes.flat:
+        if ax not in used:
+            ax.set_visible(False)
+    labels = list(dict.fromkeys(label for curves in panels.values() for label in curves))
+    handles = [plt.Line2D([], [], color=color_of[label], lw=1.5) for label in labels]
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 7), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.8 * nrows)))
     return _png(fig)

@@ -41,7 +41,8 @@ reported as failed and left as it is (``--rerun-changed`` deletes and redoes it)
 writes ``board.md`` (per cell group: iterations to convergence and lm-eval scores, mean ± 95% CI over
 seeds; the paper's tables when the grid varies only what they show; the lm-eval scores against the
 baseline, paired by seed; each variant against the plain scoring of the same cells, ``eval=plain``),
-``ratios.json``, ``differences.json`` and ``groups.json``, prints the
+``ratios.json``, ``differences.json``, ``groups.json`` and ``report.html`` (the paper's Figs. 4-6 over
+the grid, ``report.paper``), prints the
 ratios, the score differences and the failures, and exits non-zero if any cell failed.
 """
 
@@ -257,6 +258,7 @@ def _report(
     (out / "ratios.json").write_text(json.dumps(ratios, indent=2) + "\n")
     (out / "groups.json").write_text(json.dumps(groups, indent=2) + "\n")
     (out / "differences.json").write_text(json.dumps(differences, indent=2) + "\n")
+    report = _write_figures(out / "report.html", kept)
     failed = [(name, r["error"]) for name, r in records.items() if r.get("state") == "failed"]
     failed += [
         (name, f"finished with another config ({diff}); --rerun-changed deletes and redoes it")
@@ -271,8 +273,18 @@ def _report(
         "differences": differences,
         "leaderboard": str(board),
         "board": board_text,
+        "report": str(report),
         "records": records,
     }
+
+
+def _write_figures(path: Path, cells: list) -> Path:
+    """``report.html``: the paper's Figs. 4-6 over the finished cells (``report.paper``)."""
+    from tsloss_harness.report import load_run, write_report
+    from tsloss_harness.report.paper import paper_figures
+
+    keyed = [(c.key, load_run(c.run_dir)) for c in cells if (c.run_dir / "summary.json").is_file()]
+    return write_report(paper_figures(keyed, f"tsloss sweep: {path.parent.name}"), path)
 
 
 # ------------------------------------------------------------------------------------------- CLI
