@@ -34,3 +34,14 @@ def test_dpc_settings_other_than_the_defaults_name_their_column():
     assert _with_inference_methods("prompt", {"dpc": recorded}) == "prompt+dpc"
     assert _with_inference_methods("prompt", {"dpc": recorded | {"ratio": 0.1}}) == "prompt+dpc(ratio=0.1)"
     assert _with_inference_methods("base", {"act": {"heads": []}}) == "base+act"
+
+
+def test_a_run_that_never_checked_training_accuracy_measures_no_iterations(tmp_path):
+    for eval_every in (0, 2):
+        run = tmp_path / f"eval_every={eval_every}"
+        run.mkdir()
+        config = {"model": "/m/tiny", "dataset": "gsm8k", "num_samples": 1, "eval_every": eval_every}
+        (run / "summary.json").write_text(json.dumps({"converged_step": None, "config": config}))
+    measurements, warnings = collect([tmp_path])
+    assert [(m.kind, m.value, m.source) for m in measurements] == [("iterations", None, str(tmp_path / "eval_every=2"))]
+    assert warnings == []

@@ -25,7 +25,14 @@ from tsloss_harness.cli import main as tsloss
 from tsloss_harness.data import read_jsonl, write_jsonl
 from tsloss_harness.prompt import load_prompt
 from tsloss_harness.sweep import SweepError, grid, load_sweep_config, parse_sweep_config, run_sweep
-from tsloss_harness.sweep.results import CellResult, convergence_ratios, over_no_prompt, score_differences
+from tsloss_harness.sweep.results import (
+    CellResult,
+    convergence_ratios,
+    group_rows,
+    over_no_prompt,
+    read_cell,
+    score_differences,
+)
 
 TINY_TUNE = {"max_steps": 3, "eval_every": 0, "topology_every": 0, "lr": 0.01, "warmup_ratio": 0.0}
 
@@ -378,6 +385,29 @@ def test_convergence_ratios_from_converged_steps():
     assert (
         multi["ratio"] == pytest.approx(0.8) and multi["ci95"] == [None, None] and multi["paired_ci95"] == [None, None]
     )
+
+
+def test_cells_that_never_checked_training_accuracy_have_no_iterations(tmp_path):
+    """eval_every: 0 (the held-out protocols): no ratio of iterations and "—" on the board, where a
+    tracked run that never reached 100% reads "not conv."."""
+    cells = []
+    for eval_every, group in ((0, "heldout"), (2, "tracked")):
+        for regularizer in ("none", "tsloss"):
+            for seed in (0, 1):
+                run_dir = tmp_path / group / regularizer / str(seed)
+                run_dir.mkdir(parents=True)
+                summary = {"converged_step": None, "config": {"eval_every": eval_every}}
+                (run_dir / "summary.json").write_text(json.dumps(summary))
+                cells.append(read_cell({"protocol": group, "regularizer": regularizer, "seed": seed}, run_dir, None))
+    ratios = convergence_ratios(cells, {"regularizer": "none"})
+    assert [r["group"] for r in ratios] == [{"protocol": "tracked"}]
+    _, rows, _ = group_rows(cells, [])
+    assert {(row[0], row[1]): row[3] for row in rows} == {
+        ("heldout", "none"): "—",
+        ("heldout", "tsloss"): "—",
+        ("tracked", "none"): "not conv. (0/2)",
+        ("tracked", "tsloss"): "not conv. (0/2)",
+    }
 
 
 def test_score_differences_are_paired_by_seed_and_over_the_no_prompt_model():

@@ -110,6 +110,12 @@ def _read_json(path: Path) -> Any:
         raise LeaderboardError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from None
 
 
+def tracks_convergence(config: dict) -> bool:
+    """Whether a run checked its training accuracy (``eval_every`` > 0); if not, its ``converged_step``
+    (None) says nothing about convergence."""
+    return bool(config.get("eval_every", 1))
+
+
 def _from_run_dir(path: Path, warnings: list[str]) -> list[Measurement]:
     summary_file = path / "summary.json"
     if not summary_file.is_file():
@@ -120,6 +126,8 @@ def _from_run_dir(path: Path, warnings: list[str]) -> list[Measurement]:
     if not isinstance(config, dict) or "converged_step" not in summary:
         raise LeaderboardError(f"{summary_file}: not a tuner summary (needs 'converged_step' and 'config')")
     step = summary["converged_step"]
+    if not tracks_convergence(config):
+        return []
     return [
         Measurement(
             kind="iterations",

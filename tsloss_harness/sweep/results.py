@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tsloss_harness import leaderboard, stats
-from tsloss_harness.measurements import collect
+from tsloss_harness.measurements import collect, tracks_convergence
 
 __all__ = ["CellResult", "convergence_ratios", "read_cell", "over_no_prompt", "render_board", "score_differences"]
 
@@ -20,15 +20,19 @@ PAPER_AXES = {"setting", "model", "dataset", "method", "regularizer", "num_sampl
 
 
 class CellResult(dict):
-    """key (axis values with seed), converged_step (None: did not converge), finished (bool),
+    """key (axis values with seed), converged_step (None: did not converge), finished (bool), tracked
+    (the run checked training accuracy, ``eval_every`` > 0: else converged_step says nothing),
     scores ({task: score %}), sources (run dir, results files)."""
 
 
 def read_cell(key: dict, run_dir: Path, eval_dir: Path | None) -> CellResult:
-    result = CellResult(key=key, finished=False, converged_step=None, scores={}, metrics={}, sources=[], topology=None)
+    result = CellResult(
+        key=key, finished=False, converged_step=None, tracked=True, scores={}, metrics={}, sources=[], topology=None
+    )
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-        result.update(finished=True, converged_step=summary.get("converged_step"))
+        tracked = tracks_convergence(summary.get("config") or {})
+        result.update(finished=True, converged_step=summary.get("converged_step"), tracked=tracked)
         result["sources"].append(str(run_dir))
     except (OSError, json.JSONDecodeError):
         pass
@@ -97,6 +101,8 @@ def convergence_ratios(cells: list[CellResult], baseline: dict[str, Any]) -> lis
     95% CI."""
     out = []
     for group, axis, value, ours, base in _against_baseline(cells, baseline):
+        if not any(c.get("tracked", True) for c in [*ours.values(), *base.values()]):
+            continue  # no run checked its training accuracy: there is nothing to compare
         steps = {s: c["converged_step"] for s, c in ours.items()}
         base_steps = {s: c["converged_step"] for s, c in base.items()}
         entry = {"group": group, "axis": axis, "value": value, "baseline": baseline[axis]}
@@ -216,7 +222,7 @@ def group_rows(cells: list[CellResult], no_prompt: list[CellResult]) -> tuple[li
     rows, records = [], []
     for values, members in groups.items():
         done = [c for c in members if c["finished"]]
-        steps = [c["converged_step"] for c in done]
+        steps = [c["converged_step"] for c in done if c.get("tracked", True)]  # [] when untracked: "—"
         row = [str(v) for v in values] + [f"{len(done)}/{len(members)}", _iterations(steps)]
         row += [_mean_ci([c["scores"][t] for c in done if t in c["scores"]]) for t in tasks]
         rows.append(row)
