@@ -155,6 +155,12 @@ def test_weights_follow_the_zero_stage(tmp_path):
     assert z3.weights == pytest.approx(shape.num_params * 2 / 8 + gathered, rel=1e-6) and z3.fits
     assert off.weights == gathered and off.host == shape.num_params * 2
     assert z2.activations == z3.activations == off.activations
+    # One GPU: the partition is the whole parameter and a gather is a view of it; no layer is kept apart.
+    one = {**kw, "gpus": 1}
+    z3_one = estimate(shape, dict(stage=3, offload_param=None, offload_optimizer=None, prefetch_bucket=5e7), **one)
+    off_one = estimate(shape, dict(stage=3, offload_param="cpu", offload_optimizer="cpu", prefetch_bucket=5e7), **one)
+    assert z3_one.weights == (shape.num_params + shape.largest_module) * 2
+    assert off_one.weights == gathered  # offloaded: every gather copies to the GPU, on one GPU too
 
 
 def test_stage_is_read_from_the_file(tmp_path):

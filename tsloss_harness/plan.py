@@ -13,7 +13,8 @@ intermediate f, vocab V, N = B·answer_tokens answer positions):
   stage 3: N_params·s / gpus, plus the parameters gathered at once (at most N_params): the largest
   module, usually the embedding or output layer V·h, as it is gathered; one decoder layer, which
   DeepSpeed keeps gathered from its forward to its backward at the turn of the step (its prefetcher
-  marks what it will reuse); the prefetch bucket stage3_prefetch_bucket_size (5e7 by default);
+  marks what it will reuse); the prefetch bucket stage3_prefetch_bucket_size (5e7 by default) — on
+  one GPU without offload neither of the last two (the partition is the parameter: nothing is gathered apart);
   stage 3 with offload_param to the CPU: only the gathered ones (the rest lives in host RAM). On CPU
   ranks (gloo) a gather holds its output twice while in flight (``estimate(gather_copies=2)``): one
   more largest module.
@@ -308,7 +309,11 @@ def estimate(
     # Gathered at once (at most the whole model): the largest module, the decoder layer DeepSpeed keeps
     # gathered from its forward to its backward at the turn of the step, the prefetch bucket; plus the
     # in-flight copies of the largest module while it is being gathered.
-    whole_at_once = min(n, shape.largest_module + shape.layer_params + ds_config["prefetch_bucket"])
+    # One rank holds every partition whole and DeepSpeed's "gather" is then a view of it: no layer is kept
+    # apart at the turn and the prefetch bucket stays empty (measured on one-rank CPU runs of the real
+    # shapes; the largest module's terms are spent there all the same).
+    retained = 0 if gpus == 1 and not offload else shape.layer_params + ds_config["prefetch_bucket"]
+    whole_at_once = min(n, shape.largest_module + retained)
     gathered = (whole_at_once + (gather_copies - 1) * shape.largest_module) * s
     if ds_config["stage"] < 3:
         weights = n * s
