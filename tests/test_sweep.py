@@ -523,7 +523,7 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
             "output_dir": str(root),
             "model": str(tiny_llama_dir),
             "data_dir": str(gsm8k_dir),
-            "tune": {**TINY_TUNE, "num_samples": 2},
+            "tune": {**TINY_TUNE, "num_samples": 2, "eval_every": 3},  # accuracy checked: ratios exist
             "axes": {"regularizer": ["none", "tsloss"], "lambda_ts": [0.5, 1.0]},
             "seeds": 2,
             "baseline": {"regularizer": "none"},
