@@ -9,9 +9,9 @@ fp32 weights), one model at a time (built, run, deleted; nothing big runs at onc
 rank, then two CPU ranks (``deepspeed --num_gpus 2``), per ZeRO stage, TSLoss on, a few steps on short
 rows; the one-rank run takes the two ranks' one-row micro-batches in sequence. Columns:
 - finite: every logged loss finite; 2r=1r: the two-rank run against the one-rank run of the same
-  stage, every step's loss to 1e-6 relative and the prompt to 1e-6 (trace_stage_equality.py: bit-identical). Across
-  stages, or between 1 and 2 threads on one rank, the prompt differs by up to ~1e-3 at a few of its
-  values: fp32 summation order, magnified where a gradient is near AdamW's eps;
+  stage, every step's loss to 1e-6 relative and the prompt to 1e-6 (trace_stage_equality.py found
+  them bit-identical). Across stages, or between 1 and 2 threads on one rank, the prompt differs by up
+  to ~1e-3 at a few of its values: fp32 summation order, magnified where a gradient is near AdamW's eps;
 - plan: ``tsloss plan``'s per-rank estimate for the same shape, layers, rows, method and stage, with
   ``gather_copies=2`` (gloo's all-gather on CPU ranks stages its output twice) and its reserve set to
   the fixed cost of a process measured here (the tiny llama's peak in the same setup, in place of

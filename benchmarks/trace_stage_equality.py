@@ -48,7 +48,10 @@ def main() -> int:
             ds = bench.REPO / "ds_configs" / f"{stage}.json"
             argv = bench.tune_args(model, data, work / label, args.method, ds, args.steps)
             argv += ["--micro_batch_size=1"] if ranks == 1 else []
-            os.environ.pop("OMP_NUM_THREADS", None) if threads is None else os.environ.update(OMP_NUM_THREADS=threads)
+            if threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = threads
             run = bench.run_tuner(ranks, work / f"mem_{label}", argv, port=29671)
             if run["rc"]:
                 print(f"{label} failed: {run['log'][-500:]}")

@@ -72,6 +72,14 @@ def _band(ax, groups: dict[str, list[Run]], key: str, color_of: dict[str, Any], 
     return drew
 
 
+def _over_steps(ax, title: str, fontsize: int) -> None:
+    """The look of a curve over training steps."""
+    ax.set_title(title, fontsize=fontsize)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+
+
 def fig_curves(groups: dict[str, list[Run]], keys: Sequence[tuple[str, str]], color_of, ncols: int = 4) -> bytes | None:
     plt = _plt()
     keys = [(k, t) for k, t in keys if any(len(r.series(k)[0]) for runs in groups.values() for r in runs)]
@@ -82,10 +90,7 @@ def fig_curves(groups: dict[str, list[Run]], keys: Sequence[tuple[str, str]], co
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.7 * nrows), squeeze=False)
     for ax, (key, title) in zip(axes.flat, keys):
         _band(ax, groups, key, color_of)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
+        _over_steps(ax, title, fontsize=10)
     for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -281,16 +286,14 @@ def fig_panels(
     ncols = len(keys) if len(keys) > 1 else min(4, len(cells))
     nrows = math.ceil(len(cells) / ncols) if len(keys) == 1 else len(panels)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    row_of, column_of = {p: i for i, p in enumerate(panels)}, {k: j for j, (k, _) in enumerate(keys)}
     used = []
     for i, (panel, key, title) in enumerate(cells):
-        ax = axes.flat[i] if len(keys) == 1 else axes[list(panels).index(panel), [k for k, _ in keys].index(key)]
+        ax = axes.flat[i] if len(keys) == 1 else axes[row_of[panel], column_of[key]]
         _band(ax, panels[panel], key, color_of, min_share=0.5)
         if key in log_keys and all(v > 0 for rs in panels[panel].values() for r in rs for v in r.series(key)[1]):
             ax.set_yscale("log")
-        ax.set_title(f"{panel}: {title}" if panel else title, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
+        _over_steps(ax, f"{panel}: {title}" if panel else title, fontsize=9)
         used.append(ax)
     for ax in axes.flat:
         if ax not in used:

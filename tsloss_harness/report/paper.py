@@ -23,6 +23,10 @@ class PaperFigure:
     caption: str
     needs: str  # what the tuner must log for it, said when nothing was
 
+    @property
+    def label(self) -> str:
+        return self.caption.split(":")[0]  # "Fig. 4"
+
 
 LOSS = (("loss", "total loss"),)
 SEEDS = " (mean over seeds, band: 95% CI; up to the step that half of the runs reached: runs stopped at convergence end early)."
@@ -79,7 +83,7 @@ def paper_figures(keyed: Sequence[tuple[dict, Run]], title: str) -> Report:
             report.blocks.append(
                 (
                     "p",
-                    f"{figure.caption.split(':')[0]}: not drawn, the grid has no {wanted} of "
+                    f"{figure.label}: not drawn, the grid has no {wanted} of "
                     f"{figure.axis} that differ in nothing else.",
                 )
             )
@@ -87,9 +91,7 @@ def paper_figures(keyed: Sequence[tuple[dict, Run]], title: str) -> Report:
         labels = list(dict.fromkeys(label for curves in panels.values() for label in curves))
         png = fig_panels(panels, figure.keys, group_colors(dict.fromkeys(labels)))
         if png is None:
-            report.blocks.append(
-                ("p", f"{figure.caption.split(':')[0]}: not drawn, the runs logged no {figure.needs}.")
-            )
+            report.blocks.append(("p", f"{figure.label}: not drawn, the runs logged no {figure.needs}."))
         else:
             report.blocks.append(("figure", figure.name, figure.caption, png))
     return report
