@@ -328,8 +328,8 @@ def test_skills_cells_tune_on_their_seed_and_are_scored_on_the_shared_heldout_ro
     assert (calibrated["variant"], calibrated["act"]["limit"]) == ("act", 5)
     for skill, (folder, _, heldout_file) in skills.LAYOUT.items():
         rows = read_jsonl(Path(calibrated["act"]["env"]["TSLOSS_DATA_DIR"]) / folder / heldout_file)
-        assert len(rows) == 5 and not {r["question"] if "question" in r else r["Question"] for r in rows} & {
-            r["question"] if "question" in r else r["Question"] for r in skills.heldout_rows(skill)
+        assert len(rows) == 5 and not {skills.row_key(r) for r in rows} & {
+            skills.row_key(r) for r in skills.heldout_rows(skill)
         }
     assert Path(calibrated["act"]["env"]["TSLOSS_GSM8K_DIR"]).name == "gsm8k"
     with pytest.raises(SweepError, match="testbed:skills"):

@@ -26,22 +26,26 @@ def test_lookup_answers_are_the_asked_persons_count():
         assert extract_answer(row["answer"], "number") == expected
 
 
-def test_choice_answer_is_the_only_option_named_in_the_question():
+def test_choice_answer_is_the_only_option_of_the_asked_kind():
+    kind_of = {thing: kind for kind, things in skills.KINDS.items() for thing in things}
+    assert len(kind_of) == sum(len(things) for things in skills.KINDS.values())  # no thing of two kinds
     for row in skills.generate_skill_rows("choice", 200, seed=0):
-        named = [letter for letter in "ABCD" if f" {row[letter]}." in row["Question"]]
-        assert named == [row["Answer"]]
+        asked = re.fullmatch(r"Which of these is an? ([a-z]+)\?", row["Question"]).group(1)
+        assert [letter for letter in "ABCD" if kind_of[row[letter]] == asked] == [row["Answer"]]
+
+
+def test_native_choice_solution_names_the_letter_then_its_thing():
+    row = skills.generate_skill_rows("choice", 1, seed=0)[0]
+    assert skills.native_text("choice", row).endswith(f"\nSolution: {row['Answer']}. {row[row['Answer']]}")
 
 
 @pytest.mark.parametrize("skill", skills.SKILLS)
 def test_training_rows_never_hold_a_heldout_question(skill):
-    def key(r):
-        return r.get("question", r.get("Question"))
-
-    held = {key(r) for r in skills.heldout_rows(skill)}
+    held = {skills.row_key(r) for r in skills.heldout_rows(skill)}
     assert len(held) > 0.95 * skills.HELDOUT_ROWS
     for seed in range(5):
         train = skills.train_rows(skill, 256, seed)
-        assert len(train) == 256 and not held & {key(r) for r in train}
+        assert len(train) == 256 and not held & {skills.row_key(r) for r in train}
 
 
 def test_native_formats_never_show_the_eval_formats():
@@ -56,8 +60,8 @@ def test_pretraining_corpus_of_the_skills_testbed_holds_both_native_formats():
     from tsloss_harness.testbed.pretrain import SIZES, _corpus_info, _corpus_rows, _row_texts
 
     texts = _row_texts(_corpus_rows(_corpus_info("generated", SIZES["skills"], 0)))
-    assert sum(t.startswith("Notes: ") for t in texts) == SIZES["skills"].skill_rows
-    assert sum(t.startswith("Quiz: ") for t in texts) == SIZES["skills"].skill_rows
+    assert sum(t.startswith("Notes: ") for t in texts) == SIZES["skills"].skill_rows["lookup"]
+    assert sum(t.startswith("Quiz: ") for t in texts) == SIZES["skills"].skill_rows["choice"]
     default = _row_texts(_corpus_rows(_corpus_info("generated", SIZES["default"], 0)))
     assert not any(t.startswith(("Notes: ", "Quiz: ")) for t in default)
 

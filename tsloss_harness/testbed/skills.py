@@ -6,14 +6,18 @@ the GSM8K-format arithmetic rows:
 - **lookup** (generation, GSM8K format): three people each hold a number of things; which number does
   one of them hold? Native: ``Notes: ... / Ask: ... / Reply: ...``. Scored as GSM8K rows
   (``Question: ...\\nAnswer:``, exact match on ``#### N``), a format whose pretraining rows are arithmetic.
-- **choice** (multiple choice, MMLU-CF format): which of four things does a person have? Native:
-  ``Quiz: ... / Solution: B``. Scored as MMLU-CF rows (``...\\nA. ..\\nD. ..\\nAnswer:``, letters by
-  log-likelihood), a format pretraining never shows.
+- **choice** (multiple choice, MMLU-CF format): which of four things is a fruit (an animal, a tool, ...)?
+  Native: ``Quiz: ... / A. .. / D. .. / Solution: B. pears``. Scored as MMLU-CF rows
+  (``...\\nA. ..\\nD. ..\\nAnswer:``, letters by log-likelihood), a format pretraining never shows.
 
-Both are solved by copying from the context (an induction-style circuit a 2-layer model learns), so a
-held-out row (new names, things and numbers) is as solvable as a training row; what the eval format
-lacks is the cue. A soft prompt tuned on training rows supplies it. The held-out set is fixed; each
-seed has its own training rows, none of them a held-out question; pretraining draws from yet another
+Lookup is solved by copying from the context (an induction-style circuit a 2-layer model learns), so a
+held-out row (new names, things and numbers) is as solvable as a training row. Choice needs what kind
+each thing is (learned from the quiz rows) and which letter stands before the right thing: the native
+solution names the thing after its letter, so the copy that ties a letter to its option is trained on
+every row (with the letter alone the testbed never learned it: 22-27% natively, chance). A held-out
+choice row is a new draw of four kinds, their things and the answer's letter. What the eval format
+lacks is the cue; a soft prompt tuned on training rows supplies it. The held-out set is fixed; each
+seed has its own training rows, none of them a held-out row; pretraining draws from yet another
 stream (``pretrain-<seed>``) and in the native formats only.
 """
 
@@ -49,13 +53,28 @@ def lookup_row(rng: random.Random) -> dict:
     }
 
 
+# The choice skill's world: what kind each thing is. One token per thing in the testbed's tokenizer.
+KINDS = {
+    "fruit": ("apples", "oranges", "bananas", "grapes", "pears", "plums", "lemons", "cherries"),
+    "animal": ("dogs", "cats", "horses", "rabbits", "goats", "ducks", "sheep", "foxes"),
+    "tool": ("hammers", "saws", "drills", "wrenches", "shovels", "rakes", "axes", "ladders"),
+    "toy": ("marbles", "balloons", "kites", "dolls", "puzzles", "robots", "blocks", "trucks"),
+    "vegetable": ("carrots", "potatoes", "onions", "beans", "peas", "beets", "leeks", "radishes"),
+}
+
+
 def choice_row(rng: random.Random) -> dict:
-    """An MMLU-CF-schema row: ``Question``, ``A``..``D``, ``Answer`` (a letter)."""
-    names, _, counts = _people_and_things(rng, 1)
-    options = [plural for plural, _ in rng.sample(ITEMS, 4)]
+    """An MMLU-CF-schema row: ``Question``, ``A``..``D``, ``Answer`` (a letter). Four kinds, a thing of
+    each; the question asks for one kind."""
+    kinds = rng.sample(sorted(KINDS), 4)
+    options = [rng.choice(KINDS[kind]) for kind in kinds]
     k = rng.randrange(4)
-    question = f"{names[0]} has {counts[0]} {options[k]}. What does {names[0]} have?"
-    return {"Question": question, **dict(zip(_LETTERS, options)), "Answer": _LETTERS[k]}
+    article = "an" if kinds[k][0] in "aeiou" else "a"
+    return {
+        "Question": f"Which of these is {article} {kinds[k]}?",
+        **dict(zip(_LETTERS, options)),
+        "Answer": _LETTERS[k],
+    }
 
 
 def native_text(skill: str, row: dict) -> str:
@@ -64,7 +83,7 @@ def native_text(skill: str, row: dict) -> str:
         facts, ask = row["question"].rsplit(". ", 1)
         return f"Notes: {facts}.\nAsk: {ask}\nReply: {row['answer']}"
     options = "\n".join(f"{letter}. {row[letter]}" for letter in _LETTERS)
-    return f"Quiz: {row['Question']}\n{options}\nSolution: {row['Answer']}"
+    return f"Quiz: {row['Question']}\n{options}\nSolution: {row['Answer']}. {row[row['Answer']]}"
 
 
 def generate_skill_rows(skill: str, n: int, seed: int | str = 0) -> list[dict]:
@@ -76,8 +95,12 @@ def generate_skill_rows(skill: str, n: int, seed: int | str = 0) -> list[dict]:
     return [make(rng) for _ in range(n)]
 
 
-def _question(row: dict) -> str:
-    return row.get("question", row.get("Question"))
+def row_key(row: dict) -> tuple:
+    """What makes two rows the same question: a lookup row's question; a choice row's question and options
+    (five kinds: the question alone repeats)."""
+    if "question" in row:
+        return (row["question"],)
+    return (row["Question"], *(row[letter] for letter in _LETTERS))
 
 
 def heldout_rows(skill: str, n: int = HELDOUT_ROWS) -> list[dict]:
@@ -87,11 +110,11 @@ def heldout_rows(skill: str, n: int = HELDOUT_ROWS) -> list[dict]:
 
 
 def train_rows(skill: str, n: int, seed: int | str) -> list[dict]:
-    """A seed's training rows: its own stream, minus any question of the held-out set."""
-    held = {_question(r) for r in heldout_rows(skill)}
-    rows = [r for r in generate_skill_rows(skill, n + 64, seed=f"train-{seed}") if _question(r) not in held]
+    """A seed's training rows: its own stream, minus any row of the held-out set."""
+    held = {row_key(r) for r in heldout_rows(skill)}
+    rows = [r for r in generate_skill_rows(skill, n + 64, seed=f"train-{seed}") if row_key(r) not in held]
     if len(rows) < n:
-        rows += [r for r in generate_skill_rows(skill, 4 * n, seed=f"train-{seed}-more") if _question(r) not in held]
+        rows += [r for r in generate_skill_rows(skill, 4 * n, seed=f"train-{seed}-more") if row_key(r) not in held]
     return rows[:n]
 
 
