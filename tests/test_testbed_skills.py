@@ -96,3 +96,21 @@ def test_the_heldout_root_is_what_the_offline_tasks_load(tmp_path, monkeypatch):
     (tmp_path / "gsm8k" / "train.jsonl").unlink()
     with pytest.raises(offline.OfflineDataError, match="train.jsonl"):
         offline.gsm8k()
+
+
+@pytest.mark.slow  # lm-eval indexes every task folder
+def test_the_native_choice_task_asks_the_rows_as_pretraining_did(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from tsloss_harness.resources import tasks_dir
+
+    skills.write_skill_data(tmp_path, None, n_heldout=5)
+    monkeypatch.setenv("TSLOSS_DATA_DIR", str(tmp_path))
+    manager = TaskManager(include_path=str(tasks_dir()))
+    tasks = get_task_dict(["testbed_choice_native_offline", "testbed_choice_offline"], manager)
+    native, mmlu = tasks["testbed_choice_native_offline"], tasks["testbed_choice_offline"]
+    rows = skills.heldout_rows("choice", 5)
+    assert [native.doc_to_text(doc) for doc in native.test_docs()] == [skills.native_choice_prompt(r) for r in rows]
+    assert skills.native_text("choice", rows[0]).startswith(native.doc_to_text(native.test_docs()[0]) + " ")
+    assert mmlu.doc_to_text(mmlu.test_docs()[0]).endswith("\nAnswer:")
+    assert [native.doc_to_target(d) for d in native.test_docs()] == [mmlu.doc_to_target(d) for d in mmlu.test_docs()]

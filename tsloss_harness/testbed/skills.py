@@ -82,8 +82,14 @@ def native_text(skill: str, row: dict) -> str:
     if skill == "lookup":
         facts, ask = row["question"].rsplit(". ", 1)
         return f"Notes: {facts}.\nAsk: {ask}\nReply: {row['answer']}"
+    return f"{native_choice_prompt(row)} {row['Answer']}. {row[row['Answer']]}"
+
+
+def native_choice_prompt(row: dict) -> str:
+    """A choice row as pretraining asks it, up to the letter: what ``testbed_choice_native_offline`` scores
+    (the skill the testbed holds, beside ``testbed_choice_offline``'s MMLU-CF format)."""
     options = "\n".join(f"{letter}. {row[letter]}" for letter in _LETTERS)
-    return f"Quiz: {row['Question']}\n{options}\nSolution: {row['Answer']}. {row[row['Answer']]}"
+    return f"Quiz: {row['Question']}\n{options}\nSolution:"
 
 
 def generate_skill_rows(skill: str, n: int, seed: int | str = 0) -> list[dict]:
