@@ -15,8 +15,10 @@ held-out row (new names, things and numbers) is as solvable as a training row. C
 each thing is (learned from the quiz rows) and which letter stands before the right thing: the native
 solution names the thing after its letter, so the copy that ties a letter to its option is trained on
 every row (with the letter alone the testbed never learned it: 22-27% natively, chance). A held-out
-choice row is a new draw of four kinds, their things and the answer's letter. What the eval format
-lacks is the cue; a soft prompt tuned on training rows supplies it. The held-out set is fixed; each
+choice row is a new draw of four kinds, their things and the answer's letter. What the eval formats
+lack is the cue: without a prompt the GSM8K format elicits no lookup answer and the MMLU-CF format about
+half of the choice answers (``testbed_choice_native_offline`` scores them as pretraining asked); a soft
+prompt tuned on training rows supplies it. The held-out set is fixed; each
 seed has its own training rows, none of them a held-out row; pretraining draws from yet another
 stream (``pretrain-<seed>``) and in the native formats only.
 """
