@@ -14,13 +14,13 @@ Lookup is solved by copying from the context (an induction-style circuit a 2-lay
 held-out row (new names, things and numbers) is as solvable as a training row. Choice needs what kind
 each thing is (learned from the quiz rows) and which letter stands before the right thing: the native
 solution names the thing after its letter, so the copy that ties a letter to its option is trained on
-every row (with the letter alone the testbed never learned it: 22-27% natively, chance). A held-out
+every row (builds whose solutions ended at the letter answered at chance even natively). A held-out
 choice row is a new draw of four kinds, their things and the answer's letter. What the eval formats
 lack is the cue: without a prompt the GSM8K format elicits no lookup answer and the MMLU-CF format about
-half of the choice answers (``testbed_choice_native_offline`` scores them as pretraining asked); a soft
-prompt tuned on training rows supplies it. The held-out set is fixed; each
-seed has its own training rows, none of them a held-out row; pretraining draws from yet another
-stream (``pretrain-<seed>``) and in the native formats only.
+half of the choice answers (``testbed_choice_native_offline`` asks them as pretraining did); a soft
+prompt tuned on training rows supplies it. The held-out set is fixed; each seed has its own training
+rows, none of them a held-out row; pretraining draws from yet another stream (``pretrain-<seed>``) and
+in the native formats only.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def lookup_row(rng: random.Random) -> dict:
     }
 
 
-# The choice skill's world: what kind each thing is. One token per thing in the testbed's tokenizer.
+# The choice skill's world: what kind each thing is (each thing one token of the skills testbed's BPE).
 KINDS = {
     "fruit": ("apples", "oranges", "bananas", "grapes", "pears", "plums", "lemons", "cherries"),
     "animal": ("dogs", "cats", "horses", "rabbits", "goats", "ducks", "sheep", "foxes"),
