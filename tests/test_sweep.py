@@ -496,9 +496,11 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/status").is_file() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
-def _ctrl_c_when(condition, root: Path, timeout: float = 300) -> dict:
+def _ctrl_c_when(condition, root: Path, timeout: float = 1800) -> dict:
     """A thread that presses Ctrl-C in the main thread (KeyboardInterrupt, as SIGINT does) once
-    ``condition()`` holds; it notes the pids of the cells running then."""
+    ``condition()`` holds; it notes the pids of the cells running then. It watches until the caller
+    sets ``stop``; the timeout only bounds a forgotten thread (a cell that first builds DeepSpeed's
+    ops takes minutes, so a short one could give up before the condition holds)."""
     state: dict = {"pids": [], "fired": False, "stop": threading.Event()}
 
     def watch():
@@ -531,11 +533,17 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
     )
     # 1. Ctrl-C the sweep once two cells finished: it stops the running cells' processes and exits 130.
     ctrl_c = _ctrl_c_when(lambda: len(list(root.rglob("tune/summary.json"))) >= 2, root)
+    # The handler an interactive `tsloss sweep` has; an earlier in-process test may have left another one, and
+    # interrupt_main does nothing unless SIGINT has a Python handler (the full suite's runs ended uninterrupted).
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        assert tsloss(["sweep", "--config", str(path), "--no-progress"]) == 130
+        code = tsloss(["sweep", "--config", str(path), "--no-progress"])
     finally:
         ctrl_c["stop"].set()
-    assert ctrl_c["fired"] and "interrupted" in capsys.readouterr().err
+        signal.signal(signal.SIGINT, found)
+    assert ctrl_c["fired"], "Ctrl-C was never pressed: the condition did not hold while the sweep ran"
+    assert code == 130, f"the sweep was not interrupted (SIGINT handler before the test: {found!r})"
+    assert "interrupted" in capsys.readouterr().err
     assert ctrl_c["pids"] and not [p for p in ctrl_c["pids"] if _alive(p)]  # no cell process left
     assert not list(root.rglob("running.json"))
     finished = {p.parent.parent: p.stat().st_mtime_ns for p in root.rglob("tune/summary.json")}
