@@ -2,14 +2,7 @@
 
 import sys
 
-from tsloss_harness.cli import main
+from tsloss_harness.cli import run_as_process
 
 if __name__ == "__main__":
-    code = main(["tune", *sys.argv[1:]])
-    # A rank that exits with its process group alive can abort at interpreter teardown: Gloo's worker
-    # threads still hold work ("terminate called without an active exception", pytorch/pytorch#190489).
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(code)
+    run_as_process(["tune", *sys.argv[1:]])

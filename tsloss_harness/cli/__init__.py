@@ -54,5 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(e, "exit_code", 2)
 
 
+def run_as_process(argv: list[str] | None = None) -> None:
+    """A process's entry (the ``tsloss`` script, ``tune.py``, ``python -m tsloss_harness.tune``): ``main``,
+    then the process group released, then exit. A process that exits with its group alive can abort at
+    interpreter teardown: Gloo's worker threads still hold work ("terminate called without an active
+    exception", pytorch/pytorch#190489). Not in ``main``: a process that goes on (the tests) keeps it."""
+    try:
+        code = main(argv)
+    finally:
+        if "torch.distributed" in sys.modules:  # nothing to release, and no torch import, otherwise
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_process()

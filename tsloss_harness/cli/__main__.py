@@ -1,7 +1,5 @@
 """``python -m tsloss_harness.cli ...``: the same as ``tsloss ...``."""
 
-import sys
+from tsloss_harness.cli import run_as_process
 
-from tsloss_harness.cli import main
-
-sys.exit(main())
+run_as_process()

@@ -10,6 +10,6 @@ if __name__ == "__main__":
     # shadow top-level ones for the tuner and its libraries.
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != here]
-    from tsloss_harness.cli import main
+    from tsloss_harness.cli import run_as_process
 
-    sys.exit(main(["tune", *sys.argv[1:]]))
+    run_as_process(["tune", *sys.argv[1:]])

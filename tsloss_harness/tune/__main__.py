@@ -2,6 +2,6 @@
 
 import sys
 
-from tsloss_harness.cli import main
+from tsloss_harness.cli import run_as_process
 
-sys.exit(main(["tune", *sys.argv[1:]]))
+run_as_process(["tune", *sys.argv[1:]])
