@@ -83,6 +83,31 @@ def test_cache_second_call_returns_at_once(tmp_path, gsm8k_dir, cache_root, monk
     assert other != entry and json.loads((other / "testbed.json").read_text())["steps"] == 2
 
 
+def test_cache_key_covers_the_code_that_builds(tmp_path, monkeypatch):
+    """A build made by other code is never a cache hit: the modules the build runs enter the key."""
+    import inspect
+    import shutil
+
+    from tsloss_harness.testbed import problem_templates, skills
+
+    build_code = [testbed._train, problems.generate_gsm8k_rows, skills.generate_skill_rows, skills.native_text]
+    build_code += [tiny.build_tiny_model, tiny.build_tokenizer]
+    modules = {inspect.getmodule(code) for code in build_code} | {problem_templates}  # the generators' words
+    for module in modules:
+        assert Path(inspect.getfile(module)).name in testbed.RECIPE_MODULES, module
+
+    def key():
+        return testbed._cache_key("llama", "generated", "default", testbed.SIZES["default"], 0)
+
+    source = tmp_path / "testbed"
+    shutil.copytree(Path(testbed.__file__).parent, source)
+    before = key()
+    monkeypatch.setattr("importlib.resources.files", lambda package: source)
+    assert key() == before  # the same source: the same key
+    (source / "skills.py").write_text((source / "skills.py").read_text() + "# an edit\n")
+    assert key() != before
+
+
 @pytest.mark.slow
 def test_minutes_cap_stops_early_and_is_not_reused(tmp_path, gsm8k_dir, cache_root):
     corpus = gsm8k_dir / "train.jsonl"

@@ -41,8 +41,10 @@ from tsloss_harness.testbed.card import CARD_NAME, build_card, card_readme, read
 # The text every row is pretrained as: the lm-eval gsm8k template (doc_to_text + " " + target),
 # the same text the tuner trains and the harness scores on.
 ROW_TEMPLATE = "Question: {question}\nAnswer: {answer}"
-# Bump when the training recipe changes in a way the cache key does not see.
-RECIPE_VERSION = 1
+# The modules whose code decides what a build is (corpus, tokenizer, model, training): their source
+# enters the cache key, so a build made by other code is never taken from the cache (a stale build
+# once did: README, Table V).
+RECIPE_MODULES = ("pretrain.py", "problems.py", "problem_templates.py", "skills.py", "tiny.py")
 
 
 @dataclass(frozen=True)
@@ -214,9 +216,20 @@ def _cache_key(arch: str, corpus_id: str, size_name: str, size: TestbedSize, see
         "hyper": {k: v for k, v in asdict(size).items() if not (k == "skill_rows" and not v)},
         "seed": seed,
         "package": __version__,
-        "recipe": RECIPE_VERSION,
+        "recipe": _recipe_digest(),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _recipe_digest() -> str:
+    """sha256 over the source of ``RECIPE_MODULES``: any edit there (a comment too) is a new build."""
+    from importlib.resources import files
+
+    package = files("tsloss_harness.testbed")
+    digest = hashlib.sha256()
+    for name in RECIPE_MODULES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return digest.hexdigest()
 
 
 def _is_complete(model_dir: Path, key: str) -> bool:
