@@ -1,5 +1,6 @@
 """The ``tsloss`` dispatcher's process entry: every way a tuner process starts releases its process group
-before the interpreter's teardown (pytorch/pytorch#190489: Gloo threads alive then abort the exit)."""
+and exits 0 without reaching the interpreter's teardown (pytorch/pytorch#190489: C++ threads alive then abort
+the exit)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ from helpers import REPO, fresh_env, tune_argv
 from tsloss_harness.cli import run_as_process
 from tsloss_harness.tune import TuneConfig
 
-# The entry started as its process would start it, with an atexit hook (it runs after sys.exit, at
-# teardown) that prints whether the process group is still initialized then.
+# The entry started as its process would start it, with torch.distributed's destroy_process_group
+# wrapped to say when it is called and whether a group is left after it, and an atexit hook that says
+# whether the interpreter's teardown was reached.
 STARTED_WITH_TEARDOWN_PROBE = """
 import atexit, runpy, sys
 import torch.distributed as dist
-atexit.register(lambda: print("group alive at exit:", dist.is_initialized()))
+atexit.register(lambda: print("interpreter teardown reached", flush=True))
+destroy = dist.destroy_process_group
+def destroy_and_report(*args, **kwargs):
+    destroy(*args, **kwargs)
+    print("group released; initialized after:", dist.is_initialized(), flush=True)
+dist.destroy_process_group = destroy_and_report
 kind, target, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 sys.argv = [target, *argv]
 runpy.run_module(target, run_name="__main__") if kind == "module" else runpy.run_path(target, run_name="__main__")
@@ -45,7 +52,9 @@ def test_a_tuner_process_exits_with_its_process_group_released(entry, tiny_llama
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "summary.json").exists()
-    assert "group alive at exit: False" in proc.stdout, proc.stdout[-2000:]
+    assert "group released; initialized after: False" in proc.stdout, proc.stdout[-2000:]
+    assert "interpreter teardown reached" not in proc.stdout
+    assert "run directory:" in proc.stdout  # what the run printed was flushed before the exit
 
 
 def test_the_tsloss_script_is_the_process_entry():

@@ -56,17 +56,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_as_process(argv: list[str] | None = None) -> None:
     """A process's entry (the ``tsloss`` script, ``tune.py``, ``python -m tsloss_harness.tune``): ``main``,
-    then the process group released, then exit. A process that exits with its group alive can abort at
-    interpreter teardown: Gloo's worker threads still hold work ("terminate called without an active
-    exception", pytorch/pytorch#190489). Not in ``main``: a process that goes on (the tests) keeps it."""
+    then, if the run started a process group, the group released and the process ended at once.
+
+    A rank that reaches interpreter teardown with torch.distributed's C++ threads still joinable aborts
+    there ("terminate called without an active exception", pytorch/pytorch#190489): releasing the group
+    first was not enough (a two-rank ZeRO-3 run still aborted so, after writing everything). Such a
+    process therefore flushes its output and logs and leaves with ``os._exit``, skipping the teardown.
+    Not in ``main``: a process that goes on (the tests) keeps its group."""
+    started_group = False
     try:
         code = main(argv)
     finally:
         if "torch.distributed" in sys.modules:  # nothing to release, and no torch import, otherwise
             import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized():
+            started_group = dist.is_available() and dist.is_initialized()
+            if started_group:
                 dist.destroy_process_group()
+    if started_group:
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
