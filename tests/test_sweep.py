@@ -155,6 +155,7 @@ def test_convergence_protocol_config_keeps_the_protocol():
         ({"settings": {"s": {"num_samples": 2, "regularizers": ["none"]}}}, "now an axis"),
         ({"resources": {"num_gpus": 2, "ranks": 1}}, "one rank per GPU"),
         ({"resources": {"cpus": 2}}, "unknown key"),
+        ({"resources": {"fork": "no"}}, "fork must be true or false"),
         ({"seeds": 0}, "seeds"),
         ({"retries": -1}, "retries"),
         ({"eval": {"limit": 2}}, "eval.tasks"),
@@ -577,6 +578,7 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
         assert torch.equal(load_prompt(cell.run_dir / "prompt"), load_prompt(hand / "prompt")), cell.name
         ran = [json.loads(line)["loss"] for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert ran == [json.loads(line)["loss"] for line in (hand / "metrics.jsonl").read_text().splitlines()]
+        assert "(forked from the fork server)" in (cell.dir / "tune.log").read_text()  # one rank, no GPU
         summary = json.loads((cell.run_dir / "summary.json").read_text())["config"]
         assert (summary["regularizer"], summary["lambda_ts"], summary["seed"]) == (
             cell.key["regularizer"],
@@ -640,26 +642,41 @@ def test_killed_cell_is_retried_from_its_checkpoint_and_a_failing_cell_is_report
 
 
 @pytest.mark.slow
-def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path):
+@pytest.mark.parametrize("forked", [False, True])
+def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path, forked):
     """A worker killed outright cannot end its cell's process group: the kernel does (PR_SET_PDEATHSIG),
-    so no orphaned run goes on writing into a cell that is being retried."""
+    so no orphaned run goes on writing into a cell that is being retried; a forked cell dies with the
+    worker's fork server."""
     import ray
 
-    def sleep_in_a_cell(cell_dir: str) -> int:  # as a cell runs its tuner; its worker dies by SIGKILL (OOM killer)
+    def sleep_in_a_cell(cell_dir: str, forked: bool) -> int:  # as a cell runs its tuner; its worker dies by SIGKILL
+        import json
         import os
         import signal
+        import sys
         import threading
+        import time
         from pathlib import Path
 
         from tsloss_harness.sweep import task
 
         marker = task._Marker(Path(cell_dir) / "running.json", "token")
-        threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+
+        def kill_once_started():  # the OOM killer's SIGKILL, once the child runs
+            while not json.loads(marker.path.read_text()).get("pid"):
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=kill_once_started, daemon=True).start()
+        sleep = Path(cell_dir) / "sleep.py"
+        sleep.write_text("import time\ntime.sleep(300)\n")
+        cmd = [sys.executable, str(sleep)] if forked else ["/bin/sleep", "300"]
         return task._run_child(
-            ["/bin/sleep", "300"], Path(cell_dir) / "log", "sleep", dict(os.environ), Path(cell_dir), marker, "tune"
+            cmd, Path(cell_dir) / "log", "sleep", dict(os.environ), Path(cell_dir), marker, "tune", forked
         )[0]
 
-    ref = ray.remote(sleep_in_a_cell).options(max_retries=0).remote(str(tmp_path))
+    ref = ray.remote(sleep_in_a_cell).options(max_retries=0).remote(str(tmp_path), forked)
     with pytest.raises(ray.exceptions.WorkerCrashedError):
         ray.get(ref, timeout=120)
     child = json.loads((tmp_path / "running.json").read_text())["pid"]

@@ -199,6 +199,7 @@ def _cell_spec(cell, config: dict | None, evals: list[dict]) -> dict:
         "num_gpus": r.num_gpus,
         "ranks": r.ranks,
         "threads": r.threads,
+        "fork": r.fork,
         "attempt": 1,
     }
 

@@ -44,11 +44,12 @@ class Resources:
     num_gpus: float = 0
     ranks: int | None = None  # processes of the tuner; > 1: the DeepSpeed launcher. Default: num_gpus or 1
     threads: int | None = None  # OMP/MKL threads per process. Default: num_cpus / ranks, at least 1
+    fork: bool = True  # a one-rank CPU tuner is forked from a server that imported its libraries (forkserver.py)
 
     def resolved(self) -> Resources:
         ranks = self.ranks if self.ranks is not None else max(1, int(self.num_gpus))
         threads = self.threads if self.threads is not None else max(1, int(self.num_cpus // ranks))
-        return Resources(self.num_cpus, self.num_gpus, ranks, threads)
+        return Resources(self.num_cpus, self.num_gpus, ranks, threads, self.fork)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class SweepConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] | int = 1  # a count n means seeds 0..n-1
     baseline: dict[str, Any] = field(default_factory=dict)  # {axis: value}: ratios of iterations against it
-    resources: dict[str, Any] = field(default_factory=dict)  # per cell: num_cpus, num_gpus, ranks, threads
+    resources: dict[str, Any] = field(default_factory=dict)  # per cell: num_cpus, num_gpus, ranks, threads, fork
     retries: int = 2  # further attempts of a cell whose process died
     eval: dict[str, Any] | None = None  # EvalConfig fields
     leaderboard: str = "board.md"
@@ -272,7 +273,7 @@ def _setting(name: Any, value: Any, config: SweepConfig) -> Setting:
 
 def _resources(values: Any, where: str) -> Resources:
     if not isinstance(values, dict):
-        raise SweepError(f"{where}: give a mapping (num_cpus, num_gpus, ranks, threads)")
+        raise SweepError(f"{where}: give a mapping (num_cpus, num_gpus, ranks, threads, fork)")
     known = {f.name for f in dataclasses.fields(Resources)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -286,6 +287,8 @@ def _resources(values: Any, where: str) -> Resources:
         v = getattr(r, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise SweepError(f"{where}.{name} must be an integer >= 1, not {v!r}")
+    if not isinstance(r.fork, bool):
+        raise SweepError(f"{where}.fork must be true or false, not {r.fork!r}")
     r = r.resolved()
     if r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
         raise SweepError(f"{where}.num_gpus: more than one GPU must be a whole number, not {r.num_gpus}")

@@ -135,7 +135,8 @@ def _tune(spec: dict, marker: _Marker) -> dict:
     header = f"attempt {spec['attempt']} on {socket.gethostname()}: " + (
         f"resume from {tag}" if tag else "from the start"
     )
-    rc, error = _run_child(cmd, cell_dir / "tune.log", header, env, cell_dir, marker, "tune")
+    forked = spec["fork"] and spec["ranks"] == 1 and not spec["num_gpus"]  # CUDA does not survive a fork
+    rc, error = _run_child(cmd, cell_dir / "tune.log", header, env, cell_dir, marker, "tune", forked)
     ok = rc == 0 and (run_dir / "summary.json").is_file()
     if rc == 0 and not ok:
         error = "the tuner exited 0 without writing summary.json"
@@ -261,27 +262,41 @@ class _Marker:
 
 
 def _run_child(
-    cmd: list[str], log_path: Path, header: str, env: dict, cwd: Path, marker: _Marker, stage: str
+    cmd: list[str],
+    log_path: Path,
+    header: str,
+    env: dict,
+    cwd: Path,
+    marker: _Marker,
+    stage: str,
+    forked: bool = False,
 ) -> tuple[int, str | None]:
     """Run ``cmd`` in its own process group, output appended to ``log_path``; (exit code, last error line).
+    ``forked``: ``cmd`` is ``python script ...``, forked from this worker's fork server (sweep.forkserver)
+    rather than started from nothing.
 
     Waits in short slices so that Ray's cancel (an exception raised between bytecodes) lands promptly;
     on any exception the whole group is ended first."""
-    if sys.platform.startswith("linux"):
-        cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
     with open(log_path, "a") as log:
-        log.write(f"==== {header}: {shlex.join(cmd[4:] if cmd[1] == '-c' else cmd)}\n")
+        log.write(f"==== {header}{' (forked from the fork server)' if forked else ''}: {shlex.join(cmd)}\n")
         log.flush()
         start = log.tell()
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        if forked:
+            from tsloss_harness.sweep.forkserver import fork_server
+
+            proc = fork_server(env, log_path).start(cmd[1:], log_path, cwd)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+                if sys.platform.startswith("linux")
+                else cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         marker.write(stage=stage, pid=proc.pid)
         try:
             while True:
@@ -296,7 +311,7 @@ def _run_child(
     return rc, None if rc == 0 else _last_error(log_path, start, rc)
 
 
-def _end_group(proc: subprocess.Popen) -> None:
+def _end_group(proc) -> None:
     for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
