@@ -7,7 +7,7 @@
 Peer: the sequential sweep as it was before the engine: every cell's tuner run one after another
 inside one process (``tune.run``; torch's default threads, one import of torch for all). Engine:
 ``tsloss sweep`` on a local Ray instance started for it, each cell its own process at one CPU and one
-thread (the config's resources). Both start from fresh output folders and the same cells; the wall
+thread (the config's resources), forked from a fork server unless the config says ``fork: false``. Both start from fresh output folders and the same cells; the wall
 time of each includes everything it does (the engine's Ray start-up too; the testbed is built, or
 taken from its cache, before either). Prints both times, their ratio, and whether every cell gave the
 same result (converged_step, steps, and the prompt tensor) both ways.
@@ -131,7 +131,8 @@ def main() -> None:
     ray_s, result = run_engine(ray_config)
     r = ray_config.resources_for(None)
     print(
-        f"ray engine (local instance, {r.num_cpus:g} CPU and {r.threads} thread per cell, one process each): {ray_s:.1f} s"
+        f"ray engine (local instance, {r.num_cpus:g} CPU and {r.threads} thread per cell, one process each"
+        f"{', forked from a fork server' if r.fork else ''}): {ray_s:.1f} s"
         f" ({result['ran']} run, {len(result['failed'])} failed)"
     )
     print(

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tsloss_harness.sweep.forkserver import PRELOAD, fork_server
+from tsloss_harness.sweep import forkserver
+from tsloss_harness.sweep.forkserver import PRELOAD, fork_server, source_stamp
 
 pytestmark = pytest.mark.slow  # each server imports torch, transformers, PEFT and DeepSpeed (~5 s)
 
@@ -53,8 +54,7 @@ def server(tmp_path_factory):
     env = {**os.environ, "FORK_TEST_VAR": "from the environment"}
     server = fork_server(env, root / "server.log")
     yield server, env, root
-    server.proc.kill()
-    server.proc.wait()
+    server.close()
 
 
 @pytest.mark.parametrize("args", [["exit", "0"], ["exit", "3"], ["message"], ["raise"]])
@@ -132,3 +132,25 @@ def test_the_server_and_its_child_die_with_the_process_that_started_it(tmp_path)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after their starter died: {left} (server, child: {pids})"
+
+
+def test_a_server_is_replaced_once_the_package_source_changed(server, tmp_path, monkeypatch):
+    server, env, root = server
+    package = tmp_path / "package"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    before = source_stamp(package)
+    assert source_stamp(package) == before
+    (package / "sub" / "b.py").write_text("y = 3\n")
+    assert source_stamp(package) != before  # an edit (size, mtime) shows
+
+    monkeypatch.setattr(forkserver, "source_stamp", lambda: ("another install",))
+    fresh = fork_server(env, root / "server.log")
+    try:
+        assert fresh is not server and server.proc.poll() is not None  # the old one is ended
+        probe = tmp_path / "probe.py"
+        probe.write_text("print('ran')\n")
+        assert fresh.start([str(probe)], tmp_path / "probe.log", tmp_path).wait(timeout=60) == 0
+    finally:
+        fresh.close()

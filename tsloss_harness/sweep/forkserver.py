@@ -32,7 +32,7 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["PRELOAD", "ForkServer", "fork_server"]
+__all__ = ["PRELOAD", "ForkServer", "fork_server", "source_stamp"]
 
 # What a tuner run imports, the slow ones: DeepSpeed's optimizer check imports its Muon module, which
 # calls torch.compile when imported (~1.6 s of torch._inductor). A module a version lacks is skipped.
@@ -46,17 +46,29 @@ PRELOAD = (
     "tsloss_harness.cli",
     "tsloss_harness.tune.recipe",
 )
-_servers: dict[tuple, ForkServer] = {}  # this process's servers, by environment
+PACKAGE = Path(__file__).resolve().parent.parent
+_servers: dict[tuple, tuple[tuple, ForkServer]] = {}  # this process's servers: env -> (source stamp, server)
 
 
 def fork_server(env: dict[str, str], stderr_path: Path) -> ForkServer:
     """This process's server for ``env``, started (its import messages into ``stderr_path``) if it has
-    none running."""
-    key = tuple(sorted(env.items()))
-    server = _servers.get(key)
-    if server is None or server.proc.poll() is not None:
-        server = _servers[key] = ForkServer(env, stderr_path)
+    none running, or if the package's source changed since it started (a Ray worker outlives a sweep:
+    a server must not go on running the code of an earlier install)."""
+    key, stamp = tuple(sorted(env.items())), source_stamp()
+    old_stamp, server = _servers.get(key, (None, None))
+    if server is None or old_stamp != stamp or server.proc.poll() is not None:
+        if server is not None:
+            server.close()
+        server = ForkServer(env, stderr_path)
+        _servers[key] = (stamp, server)
     return server
+
+
+def source_stamp(root: Path = PACKAGE) -> tuple:
+    """Path, size and modification time of every Python file of the package under ``root``."""
+    return tuple(
+        (str(p.relative_to(root)), st.st_size, st.st_mtime_ns) for p in sorted(root.rglob("*.py")) for st in [p.stat()]
+    )
 
 
 class ForkServer:
@@ -83,9 +95,15 @@ class ForkServer:
                 if reply is not None and "rc" not in reply:
                     return ForkedChild(self, reply["pid"])
         except BaseException:  # a child may be on its way: the server goes, and the child with it
-            self.proc.kill()
-            self.proc.wait()
+            self.close()
             raise
+
+    def close(self) -> None:
+        """End the server (a child it runs gets SIGTERM: PR_SET_PDEATHSIG)."""
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
 
     def next_reply(self, timeout: float | None) -> dict | None:
         """The next reply, or None if none came within ``timeout``; EOFError once the server is gone."""
