@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OFFLINE_ENV", "RENDEZVOUS_VARS", "child_env", "format_model_args", "lm_eval_command"]
+__all__ = ["OFFLINE_ENV", "RENDEZVOUS_VARS", "child_env", "die_with_parent", "format_model_args", "lm_eval_command"]
 
 RENDEZVOUS_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -35,6 +35,17 @@ def child_env(
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(extra or {})
     return env
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child of ``parent`` (Linux): SIGTERM from the kernel when the parent exits
+    (PR_SET_PDEATHSIG), and exit now (70) if it already has, before the call."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))
+    if os.getppid() != parent:
+        os._exit(70)
 
 
 def format_model_args(args: dict[str, Any]) -> str:

@@ -19,7 +19,6 @@ ended (rc as ``Popen.returncode``: negative for a signal).
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
@@ -31,6 +30,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from tsloss_harness.processes import die_with_parent
 
 __all__ = ["PRELOAD", "ForkServer", "fork_server", "source_stamp"]
 
@@ -153,15 +154,8 @@ def _kill_group(pid: int, sig: int) -> None:
 # ------------------------------------------------------------------------------------------- server
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM when the parent exits; exit now if it already has (it was gone before prctl)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(70)
-
-
 def serve(parent: int) -> None:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what the libraries print goes where their warnings go, not into the replies
     for name in PRELOAD:
@@ -194,7 +188,7 @@ def _become_cell(request: dict, server_pid: int) -> None:
             os.setpgid(0, 0)
         except OSError:
             pass
-        _die_with_parent(server_pid)
+        die_with_parent(server_pid)
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         devnull = os.open(os.devnull, os.O_RDONLY)
         for fd, target in ((devnull, 0), (log, 1), (log, 2)):
@@ -216,15 +210,14 @@ def _become_cell(request: dict, server_pid: int) -> None:
 
 
 def _run_script(path: str) -> int:
+    """The script's exit status, SystemExit mapped as the interpreter maps it (other exceptions: the
+    caller prints them, status 1)."""
     try:
         runpy.run_path(path, run_name="__main__")
-    except SystemExit as e:  # as the interpreter maps it to an exit status
+    except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
         print(e.code, file=sys.stderr)
-        return 1
-    except BaseException:
-        traceback.print_exc()
         return 1
     return 0
 

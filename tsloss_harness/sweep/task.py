@@ -27,12 +27,12 @@ from tsloss_harness.files import write_text_atomic
 __all__ = ["run_cell", "tune_command"]
 
 ENTRY = str(Path(__file__).with_name("tune_entry.py"))
-# Exec the command with PR_SET_PDEATHSIG = SIGTERM: the kernel ends it when the worker that started it
-# dies (exits at once if that already happened). argv: parent pid, command...
+# Exec the command once the kernel ends it with the worker that started it (processes.die_with_parent).
+# argv: parent pid, command...
 _DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))\n"
-    "os.getppid() == int(sys.argv[1]) or os._exit(70)\n"
+    "import os, sys\n"
+    "from tsloss_harness.processes import die_with_parent\n"
+    "die_with_parent(int(sys.argv[1]))\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 BAD_INPUT = 2  # the tuner's exit code for a bad config or data: another attempt cannot help
