@@ -135,7 +135,8 @@ def _tune(spec: dict, marker: _Marker) -> dict:
     header = f"attempt {spec['attempt']} on {socket.gethostname()}: " + (
         f"resume from {tag}" if tag else "from the start"
     )
-    forked = spec["fork"] and spec["ranks"] == 1 and not spec["num_gpus"]  # CUDA does not survive a fork
+    # CUDA does not survive a fork; PR_SET_PDEATHSIG (a forked cell dies with its server) is Linux's
+    forked = spec["fork"] and spec["ranks"] == 1 and not spec["num_gpus"] and sys.platform.startswith("linux")
     rc, error = _run_child(cmd, cell_dir / "tune.log", header, env, cell_dir, marker, "tune", forked)
     ok = rc == 0 and (run_dir / "summary.json").is_file()
     if rc == 0 and not ok:
