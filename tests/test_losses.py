@@ -178,3 +178,26 @@ def test_single_row_prompt_has_no_pairs():
     loss = ts_loss(x)
     loss.backward()
     assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("regularizer, params", [("ts_loss", {}), ("h1", {"detach_thresholds": True}), ("pdloss", {})])
+def test_value_and_gradient_do_not_depend_on_the_thread_count(regularizer, params):
+    # 200 rows (the multi-sample setting's prompt): 40,000 pairs, a sum torch would split across threads.
+    # At this scale the soft quantiles weigh many pairs and many pairs are hinged, so split sums round
+    # differently; a one-thread sweep cell and a two-thread run of the same seed must see the same bits.
+    x = 0.1 * torch.randn(200, 128, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+
+    def value_and_gradient(num_threads):
+        torch.set_num_threads(num_threads)
+        points = x.clone().requires_grad_()
+        loss = getattr(losses, regularizer)(points, alpha=10.0, **params)
+        loss.backward()
+        return loss.detach(), points.grad
+
+    try:
+        (one, grad_one), (two, grad_two) = value_and_gradient(1), value_and_gradient(2)
+        assert torch.get_num_threads() == 2  # the regularizer gives back the threads it borrowed
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two) and torch.equal(grad_one, grad_two)

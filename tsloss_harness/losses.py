@@ -16,6 +16,7 @@ nothing of size P x P x d is ever built; forward and backward are two small matr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -70,6 +71,49 @@ class _PairwiseDistances(torch.autograd.Function):
         return laplacian @ x
 
 
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _OneThreadSum(torch.autograd.Function):
+    """Sum of all the elements, on one thread whatever the thread count.
+
+    torch splits a sum of over 32,768 elements (P > 181 pairs' worth) across its threads, so the
+    last bits depend on the thread count and training amplifies them: a one-thread sweep cell and a
+    two-thread run of the same seed would diverge. One thread is torch's own order, so results at
+    one thread (every sweep cell) and at P <= 181 are what they always were.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        with _one_thread():
+            return x.sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.expand(ctx.shape)
+
+
+class _OneThreadBroadcast(torch.autograd.Function):
+    """A scalar expanded to ``shape``; its gradient (a sum over the shape) is summed on one thread."""
+
+    @staticmethod
+    def forward(ctx, scalar: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return scalar.expand(shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with _one_thread():
+            return grad.sum(), None
+
+
 def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix [P, P] of the rows of ``points``, differentiable, in fp32 or fp64.
 
@@ -111,14 +155,18 @@ def _h1_term(
     # Over the P(P-1) ordered pairs i != j, kept as a masked [P, P] matrix: boolean indexing would add
     # a gather and a scatter (backward) that cost more than the arithmetic at P = 100.
     neg_inf = torch.finfo(dist.dtype).min
-    delta = (torch.softmax(torch.where(off_diag, -alpha * dist, neg_inf).flatten(), dim=0) * dist.flatten()).sum()
-    zeta = (torch.softmax(torch.where(off_diag, alpha * dist, neg_inf).flatten(), dim=0) * dist.flatten()).sum()
+
+    def soft_quantile(sharpness: float) -> torch.Tensor:  # one softmax over all the pairs at once
+        weights = torch.softmax(torch.where(off_diag, sharpness * dist, neg_inf).flatten(), dim=0)
+        return _OneThreadSum.apply(weights.view_as(dist) * dist)
+
+    delta, zeta = soft_quantile(-alpha), soft_quantile(alpha)
     if detach_thresholds:
         delta, zeta = delta.detach(), zeta.detach()
-    repel = torch.relu(delta - dist) ** 2
-    attract = torch.relu(dist - zeta) ** 2
+    repel = torch.relu(_OneThreadBroadcast.apply(delta, dist.shape) - dist) ** 2
+    attract = torch.relu(dist - _OneThreadBroadcast.apply(zeta, dist.shape)) ** 2
     n = dist.shape[0]
-    return ((lambda_repel * repel + lambda_attract * attract) * off_diag).sum() / (n * (n - 1))
+    return _OneThreadSum.apply((lambda_repel * repel + lambda_attract * attract) * off_diag) / (n * (n - 1))
 
 
 def ts_loss(
@@ -176,7 +224,7 @@ def pdloss(points: torch.Tensor, **_unused: object) -> torch.Tensor:
     if n < 2:
         return _zero(points)
     dist = pairwise_distances(points)
-    return dist[_off_diagonal(n, dist.device)].mean()
+    return _OneThreadSum.apply(dist[_off_diagonal(n, dist.device)]) / (n * (n - 1))
 
 
 def none(points: torch.Tensor, **_unused: object) -> torch.Tensor:
