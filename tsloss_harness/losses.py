@@ -114,6 +114,19 @@ class _OneThreadBroadcast(torch.autograd.Function):
             return grad.sum(), None
 
 
+def _threads_could_split(x: torch.Tensor) -> bool:
+    # torch's CPU threads; a GPU reduction does not depend on them, and one thread is one thread already.
+    return x.device.type == "cpu" and torch.get_num_threads() > 1
+
+
+def _sum(x: torch.Tensor) -> torch.Tensor:
+    return _OneThreadSum.apply(x) if _threads_could_split(x) else x.sum()
+
+
+def _broadcast(scalar: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return _OneThreadBroadcast.apply(scalar, like.shape) if _threads_could_split(like) else scalar
+
+
 def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix [P, P] of the rows of ``points``, differentiable, in fp32 or fp64.
 
@@ -158,15 +171,15 @@ def _h1_term(
 
     def soft_quantile(sharpness: float) -> torch.Tensor:  # one softmax over all the pairs at once
         weights = torch.softmax(torch.where(off_diag, sharpness * dist, neg_inf).flatten(), dim=0)
-        return _OneThreadSum.apply(weights.view_as(dist) * dist)
+        return _sum(weights.view_as(dist) * dist)
 
     delta, zeta = soft_quantile(-alpha), soft_quantile(alpha)
     if detach_thresholds:
         delta, zeta = delta.detach(), zeta.detach()
-    repel = torch.relu(_OneThreadBroadcast.apply(delta, dist.shape) - dist) ** 2
-    attract = torch.relu(dist - _OneThreadBroadcast.apply(zeta, dist.shape)) ** 2
+    repel = torch.relu(_broadcast(delta, dist) - dist) ** 2
+    attract = torch.relu(dist - _broadcast(zeta, dist)) ** 2
     n = dist.shape[0]
-    return _OneThreadSum.apply((lambda_repel * repel + lambda_attract * attract) * off_diag) / (n * (n - 1))
+    return _sum((lambda_repel * repel + lambda_attract * attract) * off_diag) / (n * (n - 1))
 
 
 def ts_loss(
@@ -224,7 +237,7 @@ def pdloss(points: torch.Tensor, **_unused: object) -> torch.Tensor:
     if n < 2:
         return _zero(points)
     dist = pairwise_distances(points)
-    return _OneThreadSum.apply(dist[_off_diagonal(n, dist.device)]) / (n * (n - 1))
+    return _sum(dist[_off_diagonal(n, dist.device)]) / (n * (n - 1))
 
 
 def none(points: torch.Tensor, **_unused: object) -> torch.Tensor:
