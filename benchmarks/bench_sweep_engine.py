@@ -9,8 +9,9 @@ inside one process (``tune.run``; torch's default threads, one import of torch f
 ``tsloss sweep`` on a local Ray instance started for it, each cell its own process at one CPU and one
 thread (the config's resources), forked from a fork server unless the config says ``fork: false``.
 Both start from fresh output folders and the same cells; the wall time of each includes everything it
-does (the engine's Ray start-up too; the testbed is built, or taken from its cache, before either). Prints both times, their ratio, and whether every cell gave the
-same result (converged_step, steps, and the prompt tensor) both ways.
+does (the engine's Ray start-up too; the testbed is built, or taken from its cache, before either).
+Prints both times, their ratio, and whether every cell gave the same result (converged_step, steps,
+and the prompt tensor) both ways.
 """
 
 from __future__ import annotations
