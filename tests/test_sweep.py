@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -242,7 +243,6 @@ def test_cell_entry_script_runs_the_tuner():
     """Cells start the tuner as a script file (the DeepSpeed launcher runs files); it must reach the
     tuner's own flags, not fail at import (fast tier: the grid tests that exercise it are slow)."""
     import subprocess
-    import sys
 
     from tsloss_harness.sweep.task import ENTRY
 
@@ -549,6 +549,9 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
     assert not list(root.rglob("running.json"))
     finished = {p.parent.parent: p.stat().st_mtime_ns for p in root.rglob("tune/summary.json")}
     assert 2 <= len(finished) < 8
+    # a started cell either finished or ran when Ctrl-C came (2 at a time on 2 CPUs); the queued ones never started
+    assert len(list(root.rglob("tune.log"))) <= len(finished) + 2
+    assert not list(root.rglob(".stop-*"))  # every task returned: the stop file is gone
 
     # 2. Run it again: only the unfinished cells run; the finished ones are untouched.
     result = run_sweep(load_sweep_config(path), address=ray_cluster, progress=False)
@@ -585,6 +588,59 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
             cell.key["lambda_ts"],
             cell.key["seed"],
         )
+
+
+# A second driver of the test's cluster: Ctrl-C (interrupt_main) at random moments while cells that have
+# nothing to run end within milliseconds of being started, so the interrupts cross their completions.
+_CTRL_C_AS_CELLS_END = """
+import _thread, random, sys, threading, time
+from pathlib import Path
+import ray
+from tsloss_harness.sweep import engine
+
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="WARNING")
+root, rounds = Path(sys.argv[2]), int(sys.argv[3])
+random.seed(0)
+interrupted = 0
+for i in range(rounds):
+    specs = [
+        {"name": f"{i}/{k}", "key": {"k": k}, "dir": str(root / f"{i}-{k}"), "config": None, "evals": [],
+         "num_cpus": 1, "num_gpus": 0, "attempt": 1}
+        for k in range(4)
+    ]
+    timer = threading.Timer(random.uniform(0.0, 0.03), _thread.interrupt_main)
+    try:
+        timer.start()
+        try:
+            engine.run_cells(specs, 0, root, progress=False)
+        except engine.SweepInterrupted:
+            interrupted += 1
+        finally:
+            timer.cancel()
+            timer.join()
+    except KeyboardInterrupt:  # pressed once run_cells had returned
+        pass
+print("interrupted", interrupted, "left", sorted(p.name for p in root.glob(".stop-*")))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_cells_end_never_brings_the_driver_down(ray_cluster, tmp_path):
+    """Ray 2.60 aborts a driver whose ray.cancel crosses the task's completion ("Tried to complete task
+    that was not pending", ray-project/ray#54846): the sweep stops its cells through a stop file
+    instead, and removes it once every task has returned."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_AS_CELLS_END, ray_cluster, str(tmp_path), "300"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    interrupted, left = done.stdout.split("interrupted ")[1].split(" left ")
+    assert int(interrupted) >= 50, done.stdout  # the interrupts did land while cells were in flight
+    assert left.strip() == "[]"
 
 
 @pytest.mark.slow
@@ -688,6 +744,33 @@ def test_a_cells_process_dies_with_its_worker(ray_cluster, tmp_path, forked):
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forked", [False, True])
+def test_a_running_cell_ends_its_process_group_when_the_stop_file_appears(tmp_path, forked):
+    from tsloss_harness.sweep import task
+
+    stop_file = tmp_path / ".stop-run"
+    marker = task._Marker(tmp_path / "running.json", "token", stop_file)
+
+    def stop_once_started():  # Ctrl-C at the driver, once the child runs
+        while not json.loads(marker.path.read_text()).get("pid"):
+            time.sleep(0.05)
+        stop_file.touch()
+
+    threading.Thread(target=stop_once_started, daemon=True).start()
+    sleep = tmp_path / "sleep.py"
+    sleep.write_text("import time\ntime.sleep(120)\n")
+    cmd = [sys.executable, str(sleep)] if forked else ["/bin/sleep", "120"]
+    started = time.monotonic()
+    with pytest.raises(task._Stopped) as stopped:
+        task._run_child(cmd, tmp_path / "log", "sleep", dict(os.environ), tmp_path, marker, "tune", forked)
+    assert stopped.value.stage == "tune" and time.monotonic() - started < 60  # not the child's 120 s
+    assert not _alive(json.loads(marker.path.read_text())["pid"])
+    with pytest.raises(task._Stopped):  # a stage that starts after it: no child at all
+        task._run_child(["/bin/false"], tmp_path / "log", "eval", dict(os.environ), tmp_path, marker, "eval")
+    assert "eval" not in json.loads(marker.path.read_text())["stage"]
 
 
 @pytest.fixture(scope="module")

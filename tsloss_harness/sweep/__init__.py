@@ -104,7 +104,13 @@ def run_sweep(
     if specs:
         stop = engine.connect(address)
         try:
-            records = engine.run_cells(specs, config.retries, progress=progress, parallel=parallel)
+            records = engine.run_cells(
+                specs,
+                config.retries,
+                Path(config.output_dir).expanduser().resolve(),
+                progress=progress,
+                parallel=parallel,
+            )
         finally:
             stop()
     return _report(config, cells, no_prompt, evals, records, changed, len(todo))

@@ -5,9 +5,12 @@ consistent.
 Each cell is one task asking for the cell's CPUs and GPUs; Ray places it, and the task runs the
 cell's processes (sweep.task). A failed attempt is submitted again, up to ``retries`` more times,
 unless the tuner refused its input (exit code 2: another attempt cannot help); a worker or node that
-died counts as a failed attempt. Ctrl-C (or SIGTERM, as Slurm sends at the end of a job) cancels the
-running tasks: each ends its process group first, so an interrupted cell has no summary.json and the
-next run of the sweep resumes it from its last checkpoint or starts it again.
+died counts as a failed attempt. Ctrl-C (or SIGTERM, as Slurm sends at the end of a job) stops the
+run's tasks through a stop file in the output folder: a running one ends its process group and returns,
+a queued one returns as it starts, so an interrupted cell has no summary.json and the next run of the
+sweep resumes it from its last checkpoint or starts it again. Not ``ray.cancel``: in Ray 2.60 a cancel
+that crosses a task's completion aborts the driver ("Tried to complete task that was not pending",
+ray-project/ray#54846).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tsloss_harness.sweep.config import SweepError
 __all__ = ["SweepInterrupted", "connect", "run_cells"]
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2  # cells exchange small dicts only
-CANCEL_WAIT_S = 30
+STOP_WAIT_S = 30  # a stopped cell's group gets SIGTERM, then SIGKILL 10 s later (sweep.task)
 
 
 class SweepInterrupted(Exception):
@@ -79,8 +82,11 @@ def check_fits(specs: list[dict]) -> None:
             )
 
 
-def run_cells(specs: list[dict], retries: int, progress: bool = True, parallel: int | None = None) -> dict[str, dict]:
-    """Run every spec to success or to its last attempt; name -> record (state, attempts, error)."""
+def run_cells(
+    specs: list[dict], retries: int, stop_dir: Path, progress: bool = True, parallel: int | None = None
+) -> dict[str, dict]:
+    """Run every spec to success or to its last attempt; name -> record (state, attempts, error).
+    ``stop_dir``: a folder every node sees (the sweep's output folder), for the stop file."""
     import ray
     from tqdm.auto import tqdm
 
@@ -91,10 +97,11 @@ def run_cells(specs: list[dict], retries: int, progress: bool = True, parallel: 
     waiting = list(reversed(specs))  # popped from the end: the sweep's order
     inflight: dict = {}  # ObjectRef -> spec
     records: dict[str, dict] = {}
+    stop_file = Path(stop_dir) / f".stop-{uuid.uuid4().hex}"
     bar = tqdm(total=len(specs), desc="sweep", unit="cell", disable=not progress, dynamic_ncols=True)
 
     def submit(spec: dict) -> None:
-        spec = {**spec, "token": uuid.uuid4().hex}
+        spec = {**spec, "token": uuid.uuid4().hex, "stop": str(stop_file)}
         options = {
             "num_cpus": spec["num_cpus"],
             "num_gpus": spec["num_gpus"],
@@ -127,7 +134,7 @@ def run_cells(specs: list[dict], retries: int, progress: bool = True, parallel: 
                 bar.set_postfix_str(status, refresh=True)
                 shown = status
     except KeyboardInterrupt:
-        _cancel(list(inflight))
+        _stop(list(inflight), stop_file)
         raise SweepInterrupted(records, [s["name"] for s in inflight.values()] + [s["name"] for s in waiting]) from None
     finally:
         bar.close()
@@ -160,16 +167,20 @@ def _is_running(spec: dict) -> bool:
         return False
 
 
-def _cancel(refs: list) -> None:
-    """Ask each task to stop (it ends its process group), then force the ones that do not."""
+def _stop(refs: list, stop_file: Path) -> None:
+    """Write the stop file and wait (up to STOP_WAIT_S) for every task still in flight to return; the
+    file goes once none is left to read it (a task still running then, or after a second Ctrl-C, keeps
+    it: the next run's file has another name)."""
     import ray
 
-    for ref in refs:
-        ray.cancel(ref)
-    if refs:
-        _, left = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
-        for ref in left:
-            ray.cancel(ref, force=True)
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    stop_file.touch()
+    try:
+        _, left = ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S) if refs else ([], [])
+    except KeyboardInterrupt:
+        return
+    if not left:
+        stop_file.unlink(missing_ok=True)
 
 
 def _write_record(spec: dict, record: dict) -> None:

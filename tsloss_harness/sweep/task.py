@@ -3,9 +3,10 @@ its output appended to a log in the cell's directory.
 
 Imports nothing heavy (no torch): a Ray worker only starts and watches processes. ``spec`` is a plain
 dict (engine.cell_spec). An attempt resumes the tuner from its last checkpoint when the run saved one
-(``save_every``) with the same config, else starts it from nothing. A cancelled attempt (Ctrl-C, Ray's
-cancel) ends its process group before it returns, and a child whose worker dies gets SIGTERM from the
-kernel (Linux), so no run goes on writing into a cell directory the sweep has given up.
+(``save_every``) with the same config, else starts it from nothing. A stopped attempt (the sweep's stop
+file, written on Ctrl-C; or Ray's cancel) ends its process group before it returns, and a child whose
+worker dies gets SIGTERM from the kernel (Linux), so no run goes on writing into a cell directory the
+sweep has given up.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ _DIE_WITH_PARENT = (
 )
 BAD_INPUT = 2  # the tuner's exit code for a bad config or data: another attempt cannot help
 KILL_GRACE_S = 10
+STOPPED = "stopped: the sweep was interrupted"
+
+
+class _Stopped(Exception):
+    """The sweep's stop file appeared while ``stage`` ran (its process group has been ended)."""
+
+    def __init__(self, stage: str):
+        super().__init__(STOPPED)
+        self.stage = stage
 
 
 def run_cell(spec: dict) -> dict:
@@ -53,7 +63,10 @@ def run_cell(spec: dict) -> dict:
         "retryable": False,
         "resumed_from": None,
     }
-    marker = _Marker(cell_dir / "running.json", spec["token"])
+    stop_file = Path(spec["stop"])
+    if stop_file.exists():  # queued when the sweep was interrupted: started only to end
+        return {**outcome, "ok": False, "error": STOPPED, "wall_s": 0.0}
+    marker = _Marker(cell_dir / "running.json", spec["token"], stop_file)
     started = time.time()
     try:
         if spec["config"] is not None and not _tune_finished(spec):
@@ -62,6 +75,8 @@ def run_cell(spec: dict) -> dict:
             if not outcome["ok"]:
                 break
             outcome.update(_eval(spec, e, marker))
+    except _Stopped as e:
+        outcome.update(ok=False, stage=e.stage, rc=None, error=STOPPED, retryable=False)
     finally:
         marker.clear()
         outcome["wall_s"] = round(time.time() - started, 3)
@@ -249,11 +264,14 @@ def act_calibrate_command(model: str, model_args: dict, e: dict, output: Path) -
 
 class _Marker:
     """``running.json`` while the attempt runs: its token (the driver counts running cells by it), host,
-    stage and child pid."""
+    stage and child pid; and the stop file the driver writes on Ctrl-C (engine.run_cells)."""
 
-    def __init__(self, path: Path, token: str):
-        self.path, self.token = path, token
+    def __init__(self, path: Path, token: str, stop_file: Path | None = None):
+        self.path, self.token, self.stop_file = path, token, stop_file
         self.write(stage="start", pid=None)
+
+    def stop_requested(self) -> bool:
+        return self.stop_file is not None and self.stop_file.exists()
 
     def write(self, **fields) -> None:
         write_text_atomic(self.path, json.dumps({"token": self.token, "host": socket.gethostname(), **fields}))
@@ -276,8 +294,11 @@ def _run_child(
     ``forked``: ``cmd`` is ``python script ...``, forked from this worker's fork server (sweep.forkserver)
     rather than started from nothing.
 
-    Waits in short slices so that Ray's cancel (an exception raised between bytecodes) lands promptly;
-    on any exception the whole group is ended first."""
+    Waits in short slices, looking for the sweep's stop file (raises _Stopped) and so that Ray's cancel
+    (an exception raised between bytecodes) lands promptly; on any exception the whole group is ended
+    first."""
+    if marker.stop_requested():
+        raise _Stopped(stage)
     with open(log_path, "a") as log:
         log.write(f"==== {header}{' (forked from the fork server)' if forked else ''}: {shlex.join(cmd)}\n")
         log.flush()
@@ -305,7 +326,8 @@ def _run_child(
                     rc = proc.wait(timeout=0.5)
                     break
                 except subprocess.TimeoutExpired:
-                    continue
+                    if marker.stop_requested():
+                        raise _Stopped(stage) from None
         except BaseException:
             _end_group(proc)
             raise
