@@ -593,11 +593,13 @@ def test_grid_interrupted_and_rerun_equals_runs_by_hand(ray_cluster, tiny_llama_
 # A second driver of the test's cluster: Ctrl-C (interrupt_main) at random moments while cells that have
 # nothing to run end within milliseconds of being started, so the interrupts cross their completions.
 _CTRL_C_AS_CELLS_END = """
-import _thread, random, sys, threading, time
+import _thread, random, signal, sys, threading, time
 from pathlib import Path
 import ray
 from tsloss_harness.sweep import engine
 
+# interrupt_main does nothing while SIGINT is ignored, as a background job's children inherit it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 ray.init(address=sys.argv[1], log_to_driver=False, logging_level="WARNING")
 root, rounds = Path(sys.argv[2]), int(sys.argv[3])
 random.seed(0)
