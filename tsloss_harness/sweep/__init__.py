@@ -105,11 +105,7 @@ def run_sweep(
         stop = engine.connect(address)
         try:
             records = engine.run_cells(
-                specs,
-                config.retries,
-                Path(config.output_dir).expanduser().resolve(),
-                progress=progress,
-                parallel=parallel,
+                specs, config.retries, config.output_path(), progress=progress, parallel=parallel
             )
         finally:
             stop()
@@ -129,7 +125,7 @@ def _prepare_variants(config: SweepConfig, evals: dict[str, list[dict]]) -> None
 
     acts = [e["act"] for found in evals.values() for e in found if e.get("act") is not None]
     if acts and config.data_dir == "skills":
-        grid.write_skills_calibration(Path(config.output_dir).expanduser().resolve(), max(a["limit"] for a in acts))
+        grid.write_skills_calibration(config.output_path(), max(a["limit"] for a in acts))
 
 
 def _scores_bare(eval_config) -> bool:
@@ -173,7 +169,7 @@ def _resolve_eval(config: SweepConfig, cell, spec: dict) -> dict:
     if config.data_dir == "skills":
         from tsloss_harness.sweep.grid import skills_calibration_dir, skills_heldout_dir
 
-        out = Path(config.output_dir).expanduser().resolve()
+        out = config.output_path()
         heldout = skills_heldout_dir(out)
         spec["env"] = {"TSLOSS_GSM8K_DIR": str(heldout / "gsm8k"), "TSLOSS_DATA_DIR": str(heldout), **spec["env"]}
         if spec.get("act") is not None:
@@ -216,7 +212,7 @@ def _no_prompt_cells(config: SweepConfig, cells: list) -> list:
 
     models = list(dict.fromkeys(c.model for c in cells))
     names = _path_names("model", models)
-    root = Path(config.output_dir).expanduser().resolve() / "no-prompt"
+    root = config.output_path() / "no-prompt"
     resources = config.resources_for(None)
     return [Cell({"model": m}, root / f"model={names[repr(m)]}", {"model": m}, resources, {"model": m}) for m in models]
 
@@ -227,7 +223,7 @@ def _report(
     from tsloss_harness.sweep import results
     from tsloss_harness.sweep.grid import eval_dir_name
 
-    out = Path(config.output_dir).expanduser().resolve()
+    out = config.output_path()
     kept = [c for c in cells if c.name not in changed]
     finished = [results.read_cell(c.key, c.run_dir, c.dir / "eval" if evals[c.name] else None) for c in kept]
     bases = [

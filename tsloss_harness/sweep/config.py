@@ -125,6 +125,10 @@ class SweepConfig:
 
     # ------------------------------------------------------------------ derived, checked views
 
+    def output_path(self) -> Path:
+        """``output_dir`` made absolute: the cells' directories, the board and the stop file are under it."""
+        return Path(self.output_dir).expanduser().resolve()
+
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else [int(s) for s in self.seeds]
 

@@ -62,7 +62,7 @@ class Cell:
 def expand(config: SweepConfig) -> list[Cell]:
     """Every cell of the sweep, in a fixed order (settings, axes in config order, seeds). Pure: builds
     nothing, writes nothing."""
-    out = Path(config.output_dir).expanduser().resolve()
+    out = config.output_path()
     settings: list[Setting | None] = config.setting_list() or [None]
     names = {axis: _path_names(axis, _all_values(config, axis)) for axis in config.axes}
     seeds = config.seed_list()
